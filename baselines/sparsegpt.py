@@ -1,0 +1,75 @@
+"""SparseGPT (Frantar & Alistarh, 2023): OBS pruning with lazy batched updates.
+
+Columns are swept left to right in blocks of ``blocksize`` (128). With U the
+upper Cholesky factor of H⁻¹ (H damped), inside a block each column i is
+pruned where its mask says so and the error e = (wᵢ − qᵢ)/Uᵢᵢ is spread over
+the block's remaining columns (W₁[:, i:] −= e Uᵢ,ᵢ:); the block's accumulated
+errors update all later columns at once (W[:, i₂:] −= E U[i₁:i₂, i₂:]).
+The mask is chosen adaptively per block from the saliency wᵢⱼ² / Uⱼⱼ²:
+for ``unstructured`` over the whole block (the layer's exact count split over
+blocks by width), for ``row`` per row of the block, for ``N:M`` per group of
+M columns when the sweep reaches it.
+"""
+
+from __future__ import annotations
+
+from layerprune.problems.patterns import top_k_per_row
+from layerprune.solvers.linalg import inverse_cholesky_upper
+from layerprune.solvers.registry import register
+from layerprune.solvers.result import MethodOutput
+
+
+def _split_by_width(total: int, edges: list[int], width: int) -> list[int]:
+    """Integer shares of ``total`` for blocks ending at ``edges`` (proportional to width)."""
+    cum = [round(total * e / width) for e in edges]
+    return [c - p for c, p in zip(cum, [0] + cum[:-1])]
+
+
+@register("sparsegpt")
+def sparsegpt(problem, xp, dtype, cache, blocksize: int = 128, **options) -> MethodOutput:
+    """Options: blocksize (columns per lazy-update block, default 128)."""
+    if options:
+        raise TypeError(f"sparsegpt got unknown options {sorted(options)}; it takes blocksize")
+    W = problem.weight.astype(dtype).copy()
+    out, inp = W.shape
+    if "sparsegpt_U" not in cache:
+        cache["sparsegpt_U"] = inverse_cholesky_upper(problem.hessian, xp)
+    U = cache["sparsegpt_U"].astype(dtype)
+    pattern, s = problem.pattern, problem.sparsity
+    keep = xp.zeros((out, inp), dtype=bool)
+
+    starts = list(range(0, inp, blocksize))
+    ends = [min(i + blocksize, inp) for i in starts]
+    if pattern.kind == "unstructured":
+        block_keep = _split_by_width(problem.kept, ends, inp)
+    elif pattern.kind == "row":
+        block_keep = _split_by_width(int(round((1 - s) * inp)), ends, inp)
+
+    for b, (i1, i2) in enumerate(zip(starts, ends)):
+        W1 = W[:, i1:i2].copy()
+        U1 = U[i1:i2, i1:i2]
+        diag1 = xp.diagonal(U1)
+        Err1 = xp.zeros_like(W1)
+        keep1 = xp.zeros(W1.shape, dtype=bool)
+        if pattern.kind != "nm":
+            score = W1**2 / diag1[None, :] ** 2
+            if pattern.kind == "unstructured":
+                keep1 = top_k_per_row(score.reshape(1, -1), xp.asarray([block_keep[b]])).reshape(W1.shape)
+            else:
+                keep1 = top_k_per_row(score, xp.full((out,), block_keep[b], dtype=xp.int64))
+        for i in range(i2 - i1):
+            if pattern.kind == "nm" and i % pattern.m == 0:
+                cols = slice(i, i + pattern.m)
+                score = W1[:, cols] ** 2 / diag1[None, cols] ** 2
+                keep1[:, cols] = top_k_per_row(score, xp.full((out,), pattern.n, dtype=xp.int64))
+            w = W1[:, i]
+            q = w * keep1[:, i]
+            err = (w - q) / U1[i, i]
+            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+            W1[:, i] = q
+            Err1[:, i] = err
+        W[:, i1:i2] = W1
+        keep[:, i1:i2] = keep1
+        if i2 < inp:
+            W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    return MethodOutput(W * keep, keep, iterations=len(starts), message="swept all column blocks")

@@ -1,0 +1,151 @@
+"""Sparsity patterns and their Euclidean projections.
+
+A pattern says which supports are allowed for a weight of shape (out, in):
+
+- ``unstructured``: k = round((1 - s)·out·in) nonzeros in the whole layer;
+- ``row``: round((1 - s)·in) nonzeros in every output row;
+- ``N:M``: N nonzeros in every group of M consecutive inputs of each row.
+
+``mask(scores)`` keeps the largest scores allowed by the pattern: for scores
+|Z| it is the support of the Euclidean projection of Z onto the pattern.
+Ties are broken deterministically: among equal scores the lower flat index wins.
+Every function works on NumPy and CuPy arrays alike.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from layerprune.solvers.backend import array_module
+
+
+def top_k_per_row(scores, counts):
+    """Boolean mask keeping ``counts[i]`` largest entries of each row (ties: lower index).
+
+    scores: (rows, n) array; counts: (rows,) integer array with 0 ≤ counts ≤ n.
+    """
+    xp = array_module(scores)
+    rows, n = scores.shape
+    counts = xp.asarray(counts).astype(xp.int64)
+    if rows == 0 or n == 0:
+        return xp.zeros(scores.shape, dtype=bool)
+    # k-th largest value per row (for count 0 any value > max works).
+    sorted_desc = -xp.sort(-scores, axis=1)
+    idx = xp.clip(counts - 1, 0, n - 1)
+    thresh = xp.take_along_axis(sorted_desc, idx[:, None], axis=1)
+    above = scores > thresh
+    equal = scores == thresh
+    need = counts[:, None] - above.sum(axis=1, keepdims=True)
+    keep = above | (equal & (xp.cumsum(equal, axis=1) <= need))
+    return keep & (counts[:, None] > 0)
+
+
+def balanced_counts(total: int, rows: int, xp=np):
+    """Split ``total`` kept entries over ``rows`` rows as evenly as possible."""
+    base, extra = divmod(int(total), rows)
+    counts = xp.full((rows,), base, dtype=xp.int64)
+    counts[:extra] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A sparsity pattern; build one with :func:`parse_pattern`."""
+
+    kind: str  # "unstructured" | "row" | "nm"
+    n: int = 0
+    m: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.n}:{self.m}" if self.kind == "nm" else self.kind
+
+    def __str__(self) -> str:
+        return self.name
+
+    # -- sizes --------------------------------------------------------------
+    def implied_sparsity(self) -> float | None:
+        """N:M fixes the sparsity at 1 − N/M; the others take it as a parameter."""
+        return 1.0 - self.n / self.m if self.kind == "nm" else None
+
+    def check_shape(self, shape: tuple[int, int]) -> None:
+        if self.kind == "nm" and shape[1] % self.m != 0:
+            raise ValueError(
+                f"pattern {self.name}: M={self.m} does not divide the input dimension {shape[1]}"
+            )
+
+    def kept_per_layer(self, shape: tuple[int, int], sparsity: float) -> int:
+        """Number of nonzeros the pattern allows in the whole layer."""
+        out, inp = shape
+        if self.kind == "unstructured":
+            return int(round((1.0 - sparsity) * out * inp))
+        if self.kind == "row":
+            return out * int(round((1.0 - sparsity) * inp))
+        return out * (inp // self.m) * self.n
+
+    # -- projection -----------------------------------------------------------
+    def mask(self, scores, sparsity: float):
+        """Support (bool, same shape) keeping the largest ``scores`` allowed.
+
+        ``scores`` must be nonnegative-comparable (e.g. |W| or a saliency).
+        """
+        xp = array_module(scores)
+        out, inp = scores.shape
+        self.check_shape(scores.shape)
+        if self.kind == "unstructured":
+            k = self.kept_per_layer(scores.shape, sparsity)
+            flat = scores.reshape(1, -1)
+            return top_k_per_row(flat, xp.asarray([k])).reshape(out, inp)
+        if self.kind == "row":
+            k = int(round((1.0 - sparsity) * inp))
+            return top_k_per_row(scores, xp.full((out,), k, dtype=xp.int64))
+        groups = scores.reshape(out, inp // self.m, self.m)
+        # rank within each group: #larger + #equal with a lower index.
+        a = groups[..., :, None]
+        b = groups[..., None, :]
+        earlier = xp.tri(self.m, k=-1, dtype=bool)  # earlier[i, j] = j < i
+        beats = (b > a) | ((b == a) & earlier)
+        rank = beats.sum(axis=-1)
+        return (rank < self.n).reshape(out, inp)
+
+    def project(self, z, sparsity: float):
+        """Euclidean projection of ``z`` onto the pattern: (projected z, mask)."""
+        keep = self.mask(abs(z), sparsity)
+        return z * keep, keep
+
+    def is_feasible(self, mask, sparsity: float) -> bool:
+        """Does the support ``mask`` (bool, out × in) satisfy the pattern?"""
+        xp = array_module(mask)
+        mask = mask.astype(bool)
+        out, inp = mask.shape
+        if self.kind == "unstructured":
+            return int(mask.sum()) <= self.kept_per_layer(mask.shape, sparsity)
+        if self.kind == "row":
+            return bool(xp.all(mask.sum(axis=1) <= int(round((1.0 - sparsity) * inp))))
+        if inp % self.m:
+            return False
+        return bool(xp.all(mask.reshape(out, inp // self.m, self.m).sum(axis=-1) <= self.n))
+
+
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+def parse_pattern(pattern: "str | Pattern") -> Pattern:
+    """``"unstructured"``, ``"row"`` or ``"N:M"`` (0 < N < M) → :class:`Pattern`."""
+    if isinstance(pattern, Pattern):
+        return pattern
+    if not isinstance(pattern, str):
+        raise ValueError(f"pattern must be a string, got {type(pattern).__name__}")
+    name = pattern.strip().lower()
+    if name in ("unstructured", "row"):
+        return Pattern(name)
+    m = _NM.match(name)
+    if m:
+        n, mm = int(m.group(1)), int(m.group(2))
+        if not 0 < n < mm:
+            raise ValueError(f"pattern {pattern!r}: N:M needs 0 < N < M")
+        return Pattern("nm", n, mm)
+    raise ValueError(f"unknown pattern {pattern!r}: use 'unstructured', 'row' or 'N:M' such as '2:4'")

@@ -1,0 +1,302 @@
+"""`LayerProblem`: one layer's pruning problem, kept apart from the solvers.
+
+    minimize  f(W) = tr((W − Ŵ) H (W − Ŵ)ᵀ)   s.t.  supp(W) allowed by the pattern,
+
+with Ŵ the dense weight (out × in), H = XᵀX + λI the damped Hessian (in × in),
+λ = damping · mean(diag XᵀX). Every solver minimizes this same function and is
+judged by :meth:`LayerProblem.objective`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from layerprune.problems.patterns import Pattern, parse_pattern
+from layerprune.solvers.backend import array_module, is_torch, to_numpy, to_xp
+
+FORMAT_VERSION = 1
+
+
+def _as_float_array(a: Any, name: str):
+    """NumPy/CuPy/torch → NumPy or CuPy floating array (torch crosses without copy)."""
+    if a is None:
+        raise ValueError(f"{name} is required")
+    xp = np
+    if is_torch(a) and a.is_cuda:
+        from layerprune.solvers.backend import _cupy
+
+        xp = _cupy() or np
+    elif not is_torch(a):
+        xp = array_module(a)
+    arr = to_xp(a, xp)
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if arr.dtype.kind != "f" or arr.dtype.itemsize < 4:
+        arr = arr.astype(xp.float32)
+    return arr
+
+
+class LayerProblem:
+    """One linear layer's pruning problem.
+
+    Parameters
+    ----------
+    weight : (out, in) array — the dense weight Ŵ (``nn.Linear`` layout). NumPy, CuPy or torch.
+    hessian : (in, in) array — XᵀX, symmetric PSD (undamped).
+    sparsity : fraction of weights to remove, in [0, 1). For an N:M pattern it may be
+        omitted (it is 1 − N/M); if given it must equal that.
+    pattern : "unstructured", "row" or "N:M".
+    damping : relative damping factor; λ = damping · mean(diag H) is added to diag H.
+    name : optional label (layer name), kept through save/load.
+    """
+
+    def __init__(
+        self,
+        weight: Any,
+        hessian: Any,
+        sparsity: float | None = None,
+        pattern: str | Pattern = "unstructured",
+        damping: float = 0.01,
+        name: str = "",
+    ) -> None:
+        self.pattern = parse_pattern(pattern)
+        self.origin = weight if is_torch(weight) else None  # for keep_array_type
+        self.weight = _as_float_array(weight, "weight")
+        self.raw_hessian = _as_float_array(hessian, "hessian")
+        self.sparsity = self._check_sparsity(sparsity)
+        self.damping = float(damping)
+        self.name = str(name)
+        self._validate()
+        self._damped = None
+        self._views: dict = {}
+
+    # -- validation ----------------------------------------------------------
+    def _check_sparsity(self, sparsity: float | None) -> float:
+        implied = self.pattern.implied_sparsity()
+        if sparsity is None:
+            if implied is None:
+                raise ValueError(f"sparsity is required for pattern {self.pattern.name!r}")
+            return implied
+        s = float(sparsity)
+        if not np.isfinite(s) or not 0.0 <= s < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+        if implied is not None and abs(s - implied) > 1e-9:
+            raise ValueError(
+                f"pattern {self.pattern.name} fixes the sparsity at {implied:g}; got sparsity={s:g}"
+            )
+        return s
+
+    def _validate(self) -> None:
+        W, H = self.weight, self.raw_hessian
+        xp = array_module(W)
+        if W.ndim != 2:
+            raise ValueError(f"weight must be 2-D (out × in), got shape {tuple(W.shape)}")
+        if H.ndim != 2 or H.shape[0] != H.shape[1]:
+            raise ValueError(f"hessian must be square (in × in), got shape {tuple(H.shape)}")
+        if H.shape[0] != W.shape[1]:
+            raise ValueError(
+                f"shape mismatch: weight is {tuple(W.shape)} (out × in) but hessian is "
+                f"{tuple(H.shape)}; expected ({W.shape[1]}, {W.shape[1]})"
+            )
+        if array_module(H) is not xp:
+            self.raw_hessian = H = to_xp(H, xp)
+        if not bool(xp.isfinite(W).all()):
+            raise ValueError("weight contains NaN or Inf")
+        if not bool(xp.isfinite(H).all()):
+            raise ValueError("hessian contains NaN or Inf")
+        if not np.isfinite(self.damping) or self.damping < 0:
+            raise ValueError(f"damping must be a finite number ≥ 0, got {self.damping!r}")
+        diag = xp.diagonal(H)
+        scale = float(xp.abs(diag).max()) if diag.size else 0.0
+        if bool((diag < -1e-6 * max(scale, 1e-30)).any()):
+            raise ValueError("hessian is not PSD: it has negative diagonal entries")
+        if scale == 0.0:
+            raise ValueError("hessian is zero: the calibration inputs carry no signal")
+        asym = float(xp.abs(H - H.T).max())
+        if asym > 1e-4 * scale:
+            raise ValueError(f"hessian is not symmetric (max |H − Hᵀ| = {asym:.3g})")
+        self.pattern.check_shape(W.shape)
+
+    # -- the damped Hessian and the objective ---------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.weight.shape)
+
+    @property
+    def xp(self):
+        return array_module(self.weight)
+
+    @property
+    def lam(self) -> float:
+        """λ = damping · mean(diag H)."""
+        return self.damping * float(self.xp.diagonal(self.raw_hessian).mean())
+
+    @property
+    def hessian(self):
+        """The damped Hessian H + λI (in × in), the one every solver uses."""
+        if self._damped is None:
+            xp = self.xp
+            H = self.raw_hessian
+            H = (H + H.T) * 0.5
+            idx = xp.arange(H.shape[0])
+            H[idx, idx] += self.lam
+            self._damped = H
+        return self._damped
+
+    @property
+    def kept(self) -> int:
+        """Nonzeros the pattern allows in the whole layer."""
+        return self.pattern.kept_per_layer(self.shape, self.sparsity)
+
+    def _quadratic(self, E) -> float:
+        """tr(E H Eᵀ) in float64 for E (out × in) on this problem's backend."""
+        xp = self.xp
+        E = to_xp(E, xp).astype(xp.float64)
+        H = self.hessian.astype(xp.float64)
+        return float(xp.sum((E @ H) * E))
+
+    def objective(self, W: Any) -> float:
+        """f(W) = tr((W − Ŵ) H (W − Ŵ)ᵀ), H damped, computed in float64."""
+        W = to_xp(W, self.xp)
+        if tuple(W.shape) != self.shape:
+            raise ValueError(f"shape mismatch: W is {tuple(W.shape)}, the layer is {self.shape}")
+        return self._quadratic(W.astype(self.xp.float64) - self.weight.astype(self.xp.float64))
+
+    def dense_energy(self) -> float:
+        """tr(Ŵ H Ŵᵀ): the objective of the all-zero weight."""
+        if "energy" not in self._views:
+            self._views["energy"] = self._quadratic(self.weight)
+        return self._views["energy"]
+
+    def relative_error(self, W: Any) -> float:
+        """f(W) / tr(Ŵ H Ŵᵀ)."""
+        return self.objective(W) / self.dense_energy()
+
+    def mask_of(self, W: Any):
+        return to_xp(W, self.xp) != 0
+
+    def check_feasible(self, W: Any) -> bool:
+        """True when W's support (its nonzeros) satisfies the pattern at this sparsity."""
+        W = to_xp(W, self.xp)
+        if tuple(W.shape) != self.shape:
+            raise ValueError(f"shape mismatch: W is {tuple(W.shape)}, the layer is {self.shape}")
+        return self.pattern.is_feasible(W != 0, self.sparsity)
+
+    def achieved_sparsity(self, W: Any) -> float:
+        W = to_xp(W, self.xp)
+        return 1.0 - float((W != 0).sum()) / W.size
+
+    # -- backends -------------------------------------------------------------
+    def on(self, xp) -> "LayerProblem":
+        """This problem with its arrays on backend ``xp`` (cached; self if already there)."""
+        if xp is self.xp:
+            return self
+        key = xp.__name__
+        if key not in self._views:
+            p = LayerProblem.__new__(LayerProblem)
+            p.__dict__.update(self.__dict__)
+            p.weight = to_xp(self.weight, xp)
+            p.raw_hessian = to_xp(self.raw_hessian, xp)
+            p._damped = None if self._damped is None else to_xp(self._damped, xp)
+            p._views = {}
+            self._views[key] = p
+        return self._views[key]
+
+    def with_sparsity(self, sparsity: float | None, pattern: str | Pattern | None = None) -> "LayerProblem":
+        """The same layer at another sparsity/pattern (arrays shared, not copied)."""
+        p = LayerProblem.__new__(LayerProblem)
+        p.__dict__.update(self.__dict__)
+        p.pattern = parse_pattern(pattern) if pattern is not None else self.pattern
+        p.sparsity = p._check_sparsity(sparsity)
+        p.pattern.check_shape(p.shape)
+        p._views = {k: v for k, v in self._views.items() if k == "energy"}
+        return p
+
+    def __repr__(self) -> str:
+        out, inp = self.shape
+        name = f" {self.name!r}" if self.name else ""
+        return (
+            f"LayerProblem{name}({out}×{inp}, sparsity={self.sparsity:g}, "
+            f"pattern={self.pattern.name}, damping={self.damping:g})"
+        )
+
+    # -- persistence -----------------------------------------------------------
+    def metadata(self) -> dict:
+        return {
+            "format": "layerprune.LayerProblem",
+            "format_version": FORMAT_VERSION,
+            "sparsity": self.sparsity,
+            "pattern": self.pattern.name,
+            "damping": self.damping,
+            "name": self.name,
+            "shape": list(self.shape),
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write weight, undamped Hessian and metadata to one ``.npz`` (atomically)."""
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            path += ".npz"
+        tmp = path + ".tmp.npz"
+        np.savez(
+            tmp,
+            weight=to_numpy(self.weight),
+            hessian=to_numpy(self.raw_hessian),
+            metadata=np.array(json.dumps(self.metadata())),
+        )
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, sparsity: float | None = None, pattern: str | None = None) -> "LayerProblem":
+        """Read a file written by :meth:`save`; ``sparsity``/``pattern`` override the stored ones."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no problem file at {path!r}")
+        with np.load(path, allow_pickle=False) as f:
+            keys = set(f.files)
+            if not {"weight", "hessian"} <= keys:
+                raise ValueError(f"{path}: not a LayerProblem file (needs arrays 'weight' and 'hessian')")
+            meta = json.loads(str(f["metadata"])) if "metadata" in keys else {}
+            version = meta.get("format_version")
+            if version is None:
+                raise ValueError(f"{path}: no format_version in its metadata; it was not written by LayerProblem.save")
+            if version > FORMAT_VERSION:
+                raise ValueError(
+                    f"{path}: written by a newer layerprune (format {version}; this one reads ≤ {FORMAT_VERSION})"
+                )
+            weight, hessian = f["weight"], f["hessian"]
+        pat = pattern if pattern is not None else meta.get("pattern", "unstructured")
+        if sparsity is None:
+            sparsity = meta.get("sparsity") if pattern is None or pattern == meta.get("pattern") else None
+        return cls(weight, hessian, sparsity=sparsity, pattern=pat, damping=meta.get("damping", 0.01), name=meta.get("name", ""))
+
+    # -- builders --------------------------------------------------------------
+    @classmethod
+    def from_activations(
+        cls,
+        X: Any,
+        W: Any,
+        sparsity: float | None = None,
+        pattern: str | Pattern = "unstructured",
+        damping: float = 0.01,
+        name: str = "",
+    ) -> "LayerProblem":
+        """Build from calibration inputs X (n × in, or (..., in)) and weight W (out × in): H = XᵀX."""
+        X = _as_float_array(X, "X")
+        xp = array_module(X)
+        if X.ndim < 2:
+            raise ValueError(f"X must be (n × in), got shape {tuple(X.shape)}")
+        X = X.reshape(-1, X.shape[-1]).astype(xp.float64)
+        if not bool(xp.isfinite(X).all()):
+            raise ValueError("X contains NaN or Inf")
+        W = _as_float_array(W, "weight")
+        if W.ndim == 2 and X.shape[1] != W.shape[1]:
+            raise ValueError(
+                f"shape mismatch: X has {X.shape[1]} input features but weight is {tuple(W.shape)} (out × in)"
+            )
+        H = X.T @ X
+        return cls(to_xp(W, xp), H, sparsity=sparsity, pattern=pattern, damping=damping, name=name)

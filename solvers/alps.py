@@ -1,0 +1,1 @@
+"""ALPS (placeholder until the solver lands in this module)."""

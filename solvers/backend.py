@@ -1,0 +1,122 @@
+"""The array backend: NumPy on CPU, CuPy on GPU, one code path (``xp``).
+
+Arrays cross between torch, NumPy and CuPy without copies where the memory
+allows it (DLPack for CUDA tensors, ``Tensor.numpy()`` for CPU tensors).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+
+@functools.lru_cache(maxsize=1)
+def _cupy():
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy
+    except Exception:  # no CuPy, no driver, or no device
+        return None
+    return None
+
+
+def gpu_available() -> bool:
+    """True when CuPy is installed and sees at least one CUDA device."""
+    return _cupy() is not None
+
+
+def resolve_device(device: str | None) -> str:
+    """``None`` → ``"cuda"`` when a GPU is usable, else ``"cpu"``; validates names."""
+    if device is None:
+        return "cuda" if gpu_available() else "cpu"
+    device = str(device).lower()
+    if device.startswith("cuda") or device == "gpu":
+        if not gpu_available():
+            raise RuntimeError(
+                "device='cuda' was asked for, but no GPU is usable: CuPy is not installed "
+                "or sees no CUDA device (install the 'gpu' extra: pip install 'layerprune[gpu]')"
+            )
+        return "cuda"
+    if device == "cpu":
+        return "cpu"
+    raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or None (auto)")
+
+
+def xp_for(device: str):
+    """The array module for a resolved device name."""
+    return _cupy() if device == "cuda" else np
+
+
+def array_module(a: Any):
+    """NumPy or CuPy, whichever owns ``a``."""
+    cp = _cupy()
+    if cp is not None and isinstance(a, cp.ndarray):
+        return cp
+    return np
+
+
+def is_torch(a: Any) -> bool:
+    return type(a).__module__.startswith("torch") and hasattr(a, "detach")
+
+
+def to_xp(a: Any, xp, dtype=None):
+    """Move ``a`` (NumPy, CuPy, torch or nested lists) onto backend ``xp``.
+
+    torch CUDA tensors become CuPy arrays through DLPack (no copy); torch CPU
+    tensors become NumPy arrays through ``.numpy()`` (no copy); bfloat16 and
+    float16 tensors are upcast to float32 first since NumPy has no bfloat16.
+    """
+    if is_torch(a):
+        t = a.detach()
+        if t.dtype.is_floating_point and t.element_size() < 4:
+            import torch
+
+            t = t.to(torch.float32)
+        if t.is_cuda:
+            cp = _cupy()
+            if cp is None:
+                raise RuntimeError("a CUDA tensor was given but CuPy is not usable")
+            a = cp.from_dlpack(t.contiguous())
+        else:
+            a = t.contiguous().numpy()
+    cp = _cupy()
+    if xp is np:
+        if cp is not None and isinstance(a, cp.ndarray):
+            a = cp.asnumpy(a)
+        out = np.asarray(a)
+    else:
+        out = xp.asarray(a)
+    if dtype is not None and out.dtype != dtype:
+        out = out.astype(dtype)
+    return out
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    return to_xp(a, np)
+
+
+def to_torch(a: Any):
+    """NumPy/CuPy → torch without a copy (``torch.from_numpy`` / DLPack)."""
+    import torch
+
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(a))
+    return torch.from_dlpack(a)
+
+
+def like_input(a: Any, template: Any):
+    """Return ``a`` in the array type of ``template`` (NumPy, CuPy or torch)."""
+    if is_torch(template):
+        t = to_torch(a)
+        return t.to(device=template.device)
+    return to_xp(a, array_module(template))
+
+
+def synchronize(xp) -> None:
+    """Wait for queued device work (no-op on NumPy), so host clocks time it."""
+    if xp is not np:
+        xp.cuda.get_current_stream().synchronize()

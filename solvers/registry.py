@@ -1,0 +1,130 @@
+"""One entry point, ``solve(problem, method=...)``, and the method registry.
+
+A method is a function ``fn(problem, xp, dtype, cache, **options) -> MethodOutput``
+working on ``problem``'s arrays already moved to backend ``xp``. The harness
+here times it, checks feasibility and scores it with ``problem.objective``, so
+every method is judged by the same code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from layerprune.solvers.backend import resolve_device, synchronize, to_numpy, to_xp, xp_for
+from layerprune.solvers.result import MethodOutput, SolveResult
+
+_METHODS: dict[str, Callable[..., MethodOutput]] = {}
+_PROVIDERS = ("layerprune.solvers.alps", "layerprune.baselines")
+
+
+def register(name: str) -> Callable:
+    """Decorator: make ``fn`` available as ``solve(..., method=name)``."""
+
+    def deco(fn: Callable[..., MethodOutput]) -> Callable[..., MethodOutput]:
+        _METHODS[name] = fn
+        return fn
+
+    return deco
+
+
+def _load_providers() -> None:
+    for mod in _PROVIDERS:
+        importlib.import_module(mod)
+
+
+def available_methods() -> list[str]:
+    _load_providers()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> Callable[..., MethodOutput]:
+    _load_providers()
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}") from None
+
+
+def solve(
+    problem,
+    method: str = "alps",
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    keep_array_type: bool = False,
+    cache: dict | None = None,
+    **options: Any,
+) -> SolveResult:
+    """Solve one layer's pruning problem with ``method``.
+
+    device : "cpu", "cuda" or None (GPU when CuPy sees one).
+    dtype : working precision of the method (default float32; "float64" for references).
+    keep_array_type : return weight/mask in the problem's own array type (torch, CuPy)
+        instead of NumPy.
+    cache : a dict shared across calls on layers with the same Hessian (q/k/v, gate/up)
+        so factorizations are computed once; see :func:`solve_many`.
+    options : passed to the method (see each method's docstring).
+    """
+    from layerprune.problems import LayerProblem
+
+    if not isinstance(problem, LayerProblem):
+        raise TypeError(f"solve() takes a LayerProblem, got {type(problem).__name__}")
+    fn = get_method(method)
+    dev = resolve_device(device)
+    xp = xp_for(dev)
+    work_dtype = np.dtype(dtype or np.float32)
+    if work_dtype.kind != "f":
+        raise ValueError(f"dtype must be a floating type, got {work_dtype}")
+    p = problem.on(xp)
+    synchronize(xp)
+    t0 = time.perf_counter()
+    out = fn(p, xp=xp, dtype=work_dtype, cache={} if cache is None else cache, **options)
+    synchronize(xp)
+    seconds = time.perf_counter() - t0
+
+    mask = out.mask.astype(bool)
+    weight = to_xp(out.weight, xp) * mask
+    if not p.pattern.is_feasible(mask, p.sparsity):
+        raise RuntimeError(f"method {method!r} returned a support that violates pattern {p.pattern.name}")
+    if not bool(xp.isfinite(weight).all()):
+        raise RuntimeError(f"method {method!r} returned NaN/Inf weights")
+    objective = p.objective(weight)
+    weight = weight.astype(p.weight.dtype)
+    if keep_array_type:
+        from layerprune.solvers.backend import like_input
+
+        template = problem.origin if problem.origin is not None else problem.weight
+        weight, mask = like_input(weight, template), like_input(mask, template)
+    else:
+        weight, mask = to_numpy(weight), to_numpy(mask)
+    return SolveResult(
+        weight=weight,
+        mask=mask,
+        objective=objective,
+        relative_error=objective / p.dense_energy(),
+        sparsity=1.0 - float(mask.sum()) / mask.size,
+        seconds=seconds,
+        iterations=int(out.iterations),
+        history=out.history,
+        method=method,
+        pattern=p.pattern.name,
+        device=dev,
+        message=out.message,
+        info=out.info,
+    )
+
+
+def solve_many(problems, method: str = "alps", **options: Any) -> list[SolveResult]:
+    """Solve layers that share one Hessian (q/k/v, gate/up) with one factorization.
+
+    Each problem keeps its own pattern constraint; the Hessian's factorization
+    (ALPS's eigendecomposition, SparseGPT's Cholesky factor) is computed for the
+    first and reused for the others.
+    """
+    problems = list(problems)
+    cache: dict = options.pop("cache", None) or {}
+    return [solve(p, method, cache=cache, **options) for p in problems]
