@@ -1,8 +1,8 @@
 """Layer pruning problems: `LayerProblem`, sparsity patterns, problem builders."""
 
+from layerprune.problems.builders import HessianAccumulator, synthetic_problem
 from layerprune.problems.patterns import Pattern, balanced_counts, parse_pattern, top_k_per_row
 from layerprune.problems.problem import LayerProblem
-from layerprune.problems.builders import HessianAccumulator, synthetic_problem
 
 __all__ = [
     "HessianAccumulator",
