@@ -44,11 +44,12 @@ def alps(
     rho_max: float = 1e6,
     early_stop_after: int = 30,
     early_stop_change: float = 3e-4,
-    max_restarts: int = 6,
+    max_restarts: int = 12,
     refit: bool = True,
     refit_tol: float | None = None,
     refit_max_iter: int = 200,
     track_error: bool = True,
+    rho_factors: tuple[float, float, float] = (1.3, 1.2, 1.1),
 ) -> MethodOutput:
     """ALPS on ``problem``; options (paper defaults):
 
@@ -62,6 +63,7 @@ def alps(
     refit_tol : relative masked-residual tolerance (1e-6 in float32... 1e-10 in float64 by default).
     refit_max_iter : PCG iteration cap (200).
     track_error : record the relative error of the projected iterate at each check.
+    rho_factors : ρ multipliers for c/k > 10%, > 0.5% and any change ((1.3, 1.2, 1.1)).
     """
     pattern, s = problem.pattern, problem.sparsity
     d64, Hn64, lam64, Q64 = _eigen(problem, xp, cache)
@@ -119,7 +121,7 @@ def alps(
         if it >= early_stop_after and ratio < early_stop_change:
             message = f"support change {ratio:.2e} < {early_stop_change:g} at iteration {it}"
             break
-        rho *= 1.3 if ratio > 0.1 else 1.2 if ratio > 0.005 else 1.1
+        rho *= rho_factors[0] if ratio > 0.1 else rho_factors[1] if ratio > 0.005 else rho_factors[2]
         rose = True
         rho = min(rho, rho_max)
         M = inverse(rho)

@@ -127,5 +127,16 @@ def solve_many(problems, method: str = "alps", **options: Any) -> list[SolveResu
     first and reused for the others.
     """
     problems = list(problems)
+    if not problems:
+        return []
+    first = problems[0]
+    xp = first.xp
+    for p in problems[1:]:
+        same = (
+            p.raw_hessian is first.raw_hessian
+            or (p.raw_hessian.shape == first.raw_hessian.shape and bool(xp.array_equal(p.raw_hessian, first.raw_hessian)))
+        )
+        if not same or p.damping != first.damping:
+            raise ValueError("solve_many needs problems with the same Hessian and damping (e.g. q/k/v of one block)")
     cache: dict = options.pop("cache", None) or {}
     return [solve(p, method, cache=cache, **options) for p in problems]

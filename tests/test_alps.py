@@ -1,0 +1,207 @@
+"""ALPS against references: exact optima by enumeration, direct solves, SparseGPT."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from layerprune import LayerProblem, solve, solve_many
+from layerprune.problems import synthetic_problem
+from layerprune.solvers.pcg import masked_pcg
+
+
+def _row_optimum(h, w, support):
+    """min over x with supp(x) ⊆ support of (x − w)ᵀ h (x − w), float64 direct solve."""
+    s = list(support)
+    g = h @ w
+    x = np.zeros_like(w)
+    if s:
+        x[s] = np.linalg.solve(h[np.ix_(s, s)], g[s])
+    e = x - w
+    return float(e @ h @ e)
+
+
+def _row_supports(problem):
+    """Every support one row may have under pattern 'row' or N:M (enumerated)."""
+    inp, pat = problem.shape[1], problem.pattern
+    if pat.kind == "row":
+        return list(itertools.combinations(range(inp), int(round((1 - problem.sparsity) * inp))))
+    per_group = list(itertools.combinations(range(pat.m), pat.n))
+    return [
+        tuple(g * pat.m + j for g, choice in enumerate(choices) for j in choice)
+        for choices in itertools.product(per_group, repeat=inp // pat.m)
+    ]
+
+
+def _exact_rows(problem):
+    """Per-row exact optima (the objective separates over rows for 'row' and N:M)."""
+    H = problem.hessian.astype(np.float64)
+    W = problem.weight.astype(np.float64)
+    supports = _row_supports(problem)
+    return np.array([min(_row_optimum(H, w, s) for s in supports) for w in W])
+
+
+def _row_objectives(problem, X):
+    E = np.asarray(X, dtype=np.float64) - problem.weight.astype(np.float64)
+    return np.einsum("ri,ij,rj->r", E, problem.hessian.astype(np.float64), E)
+
+
+def _tiny_problem(rng, out, inp, pattern, sparsity):
+    X = rng.standard_normal((3 * inp, inp)) @ rng.standard_normal((inp, inp))  # correlated inputs
+    X[:, rng.integers(inp)] *= 6.0  # an outlier channel
+    W = rng.standard_normal((out, inp))
+    return LayerProblem.from_activations(X, W, sparsity=sparsity, pattern=pattern)
+
+
+@pytest.mark.parametrize("pattern,sparsity", [("row", 0.5), ("row", 0.75), ("2:4", None), ("1:4", None)])
+def test_alps_reaches_enumerated_optimum_on_tiny_problems(rng, pattern, sparsity):
+    gap_alps, gap_sgpt, exact_rows, rows = 0.0, 0.0, 0, 0
+    for _ in range(5):
+        p = _tiny_problem(rng, 4, 12, pattern, sparsity)
+        best = _exact_rows(p)
+        alps = _row_objectives(p, solve(p, "alps", dtype="float64").weight)
+        sgpt = _row_objectives(p, solve(p, "sparsegpt", dtype="float64").weight)
+        assert (alps >= best * (1 - 1e-9)).all() and (sgpt >= best * (1 - 1e-9)).all()
+        gap_alps += (alps - best).sum() / best.sum()
+        gap_sgpt += (sgpt - best).sum() / best.sum()
+        exact_rows += int((alps <= best * (1 + 1e-8)).sum())
+        rows += len(best)
+    # Measured: on 20 such 4×12 layers per pattern (seed 0) ALPS leaves 2–4% of SparseGPT's total
+    # gap; on this test's draws 5–12%, with 50–80% of rows exactly optimal. SparseGPT is never exact.
+    assert gap_alps <= 0.2 * gap_sgpt, (gap_alps, gap_sgpt)
+    assert exact_rows >= 0.4 * rows, f"ALPS exact on {exact_rows}/{rows} rows"
+
+
+def test_alps_unstructured_tiny_matches_enumeration(rng):
+    """Unstructured 3×4 layer at 50%: enumerate all C(12, 6) layer supports."""
+    p = _tiny_problem(rng, 3, 4, "unstructured", 0.5)
+    H, W = p.hessian.astype(np.float64), p.weight.astype(np.float64)
+    best = np.inf
+    for flat in itertools.combinations(range(12), p.kept):
+        rows = [[j % 4 for j in flat if j // 4 == r] for r in range(3)]
+        best = min(best, sum(_row_optimum(H, W[r], rows[r]) for r in range(3)))
+    r = solve(p, "alps", dtype="float64")
+    assert r.objective >= best * (1 - 1e-9)
+    assert r.objective <= best * 1.05
+
+
+def test_pcg_refit_matches_direct_solve(rng):
+    p = synthetic_problem(24, 48, 0.6, "unstructured", seed=int(rng.integers(1 << 30)), dtype=np.float64)
+    H = p.hessian.astype(np.float64)
+    d = np.sqrt(np.diag(H))
+    Hn = H / d[:, None] / d[None, :]
+    B = p.weight * d[None, :]
+    G = B @ Hn
+    mask = p.pattern.mask(np.abs(rng.standard_normal(B.shape)), p.sparsity)  # an arbitrary support
+    X, info = masked_pcg(Hn, G, mask, np.zeros_like(B), np, tol=1e-12, max_iter=500)
+    assert info.converged
+    ref = np.zeros_like(B)
+    for r in range(B.shape[0]):
+        s = np.flatnonzero(mask[r])
+        ref[r, s] = np.linalg.solve(Hn[np.ix_(s, s)], G[r, s])
+    assert np.linalg.norm(X - ref) / np.linalg.norm(ref) < 1e-6
+    assert not X[~mask].any()
+
+
+def test_alps_refit_is_optimal_for_its_support(rng):
+    p = synthetic_problem(32, 64, 0.7, "unstructured", seed=int(rng.integers(1 << 30)), dtype=np.float64)
+    r = solve(p, "alps", dtype="float64")
+    H, W = p.hessian.astype(np.float64), p.weight.astype(np.float64)
+    best = sum(_row_optimum(H, W[i], np.flatnonzero(r.mask[i])) for i in range(W.shape[0]))
+    assert r.objective == pytest.approx(best, rel=1e-6)
+    assert r.info["refit_converged"]
+
+
+@pytest.mark.parametrize("sparsity", [0.7, 0.8, 0.9])
+def test_alps_beats_sparsegpt_at_high_sparsity(sparsity):
+    ratios = []
+    for seed in range(3):
+        p = synthetic_problem(128, 256, sparsity, "unstructured", seed=100 + seed)
+        ratios.append(solve(p, "alps").relative_error / solve(p, "sparsegpt").relative_error)
+    # Measured ≈ 0.5–0.6 on these problems (see BENCHMARKS.md); the issue asks for ≤ 0.7.
+    assert np.mean(ratios) <= 0.7, ratios
+
+
+def test_alps_beats_sparsegpt_at_2_4():
+    p = synthetic_problem(128, 256, None, "2:4", seed=7)
+    assert solve(p, "alps").relative_error < 0.8 * solve(p, "sparsegpt").relative_error
+
+
+@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.5), ("unstructured", 0.9), ("row", 0.7), ("2:4", None), ("4:8", None)])
+def test_alps_feasible_and_exact_count(pattern, sparsity):
+    p = synthetic_problem(48, 96, sparsity, pattern, seed=3)
+    r = solve(p, "alps")
+    assert p.check_feasible(r.weight)
+    assert int(r.mask.sum()) == p.kept
+    assert np.count_nonzero(r.weight) == p.kept
+    assert r.history and {"iteration", "rho", "support_change", "rel_error"} <= set(r.history[0])
+
+
+def test_iteration_cap_returns_feasible_point():
+    p = synthetic_problem(32, 64, 0.8, "unstructured", seed=5)
+    r = solve(p, "alps", max_iter=4)
+    assert r.iterations == 4 and "cap" in r.message
+    assert p.check_feasible(r.weight)
+    assert r.relative_error < solve(p, "magnitude").relative_error
+
+
+def test_too_large_rho_restarts_smaller():
+    p = synthetic_problem(32, 64, 0.7, "unstructured", seed=9)
+    r = solve(p, "alps", rho0=1e4)
+    assert r.info["restarts"] >= 1
+    assert r.history[0]["rho"] == pytest.approx(1e4)
+    assert r.relative_error < 1.2 * solve(p, "alps").relative_error
+
+
+def test_solve_many_shares_one_eigendecomposition(monkeypatch):
+    import layerprune.solvers.alps as alps_mod
+
+    calls = []
+    real = alps_mod.normalized_eigh
+    monkeypatch.setattr(alps_mod, "normalized_eigh", lambda *a, **k: calls.append(1) or real(*a, **k))
+    base = synthetic_problem(16, 32, 0.6, "unstructured", seed=11)
+    rng = np.random.default_rng(0)
+    probs = [LayerProblem(rng.standard_normal((n, 32)), base.raw_hessian, 0.6) for n in (16, 8, 24)]
+    results = solve_many(probs, "alps")
+    assert len(calls) == 1
+    for p, r in zip(probs, results):
+        assert r.objective == pytest.approx(solve(p, "alps").objective, rel=1e-5)
+
+
+def test_solve_many_rejects_different_hessians():
+    a = synthetic_problem(8, 16, 0.5, seed=1)
+    b = synthetic_problem(8, 16, 0.5, seed=2)
+    with pytest.raises(ValueError, match="same Hessian"):
+        solve_many([a, b], "alps")
+
+
+def test_device_cuda_without_gpu_is_a_clear_error():
+    from layerprune.solvers.backend import gpu_available
+
+    if gpu_available():
+        pytest.skip("a GPU is present")
+    p = synthetic_problem(8, 16, 0.5, seed=1)
+    with pytest.raises(RuntimeError, match="no GPU"):
+        solve(p, "alps", device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.7), ("row", 0.8), ("2:4", None)])
+def test_numpy_and_cupy_agree(pattern, sparsity):
+    p = synthetic_problem(256, 512, sparsity, pattern, seed=21)
+    cpu = solve(p, "alps", device="cpu", dtype="float64")
+    gpu = solve(p, "alps", device="cuda", dtype="float64")
+    assert (cpu.mask != gpu.mask).mean() < 1e-3
+    assert gpu.objective == pytest.approx(cpu.objective, rel=1e-4)
+
+
+@pytest.mark.gpu
+def test_torch_cuda_tensors_cross_without_copy():
+    import torch
+
+    p0 = synthetic_problem(64, 128, 0.7, seed=3)
+    W = torch.as_tensor(p0.weight, device="cuda")
+    p = LayerProblem(W, torch.as_tensor(p0.raw_hessian, device="cuda"), 0.7)
+    assert p.weight.data.ptr == W.data_ptr()
+    r = solve(p, "alps", keep_array_type=True)
+    assert isinstance(r.weight, torch.Tensor) and r.weight.is_cuda
