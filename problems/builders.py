@@ -33,16 +33,17 @@ def synthetic_hessian(
     """
     rng = np.random.default_rng(seed)
     n = int(n_samples) if n_samples is not None else 2 * inp
-    q, r = np.linalg.qr(rng.standard_normal((inp, inp)))
-    q *= np.sign(np.diagonal(r))
     sigma = (1.0 + np.arange(inp)) ** (-float(decay))
     scales = np.exp(0.5 * rng.standard_normal(inp))
     n_out = int(round(outlier_fraction * inp))
     if n_out:
         scales[rng.choice(inp, n_out, replace=False)] *= outlier_scale
-    mix = xp.asarray((np.sqrt(sigma)[:, None] * q.T) * scales[None, :])  # (in × in)
-    z = xp.asarray(rng.standard_normal((n, inp)))
-    X = z @ mix
+    # Gaussian draws on the target backend (a 11008² rotation is made on the GPU there).
+    gauss = rng.standard_normal if xp is np else xp.random.RandomState(seed).standard_normal
+    q, r = xp.linalg.qr(xp.asarray(gauss((inp, inp))))
+    q *= xp.sign(xp.diagonal(r))[None, :]
+    mix = (xp.asarray(np.sqrt(sigma))[:, None] * q.T) * xp.asarray(scales)[None, :]  # (in × in)
+    X = xp.asarray(gauss((n, inp))) @ mix
     H = X.T @ X / n
     return (H + H.T) * 0.5
 
@@ -62,11 +63,12 @@ def synthetic_problem(
     dtype=np.float32,
 ) -> LayerProblem:
     """A random layer (out × in) with correlated, outlier-laden calibration inputs."""
-    rng = np.random.default_rng(None if seed is None else seed + 1)
     H = synthetic_hessian(
         inp, decay=decay, outlier_fraction=outlier_fraction, n_samples=n_samples, seed=seed, xp=xp
     )
-    W = xp.asarray(rng.standard_normal((out, inp)) / np.sqrt(inp))
+    wseed = None if seed is None else seed + 1
+    gauss = np.random.default_rng(wseed).standard_normal if xp is np else xp.random.RandomState(wseed).standard_normal
+    W = xp.asarray(gauss((out, inp))) / np.sqrt(inp)
     return LayerProblem(
         W.astype(dtype), H.astype(dtype), sparsity=sparsity, pattern=pattern, damping=damping,
         name=f"synthetic-{out}x{inp}-seed{seed}",

@@ -22,20 +22,40 @@ import numpy as np
 from layerprune.solvers.backend import array_module
 
 
+def kth_largest_per_row(scores, counts):
+    """The ``counts[i]``-th largest value of each row of nonnegative ``scores`` (rows,).
+
+    NumPy sorts. On the GPU a radix select on the float bit patterns (monotone for
+    nonnegative floats) finds it in one pass per bit, all on the device: prefix is
+    kept as the largest v with #{u ≥ v} ≥ count, which ends at the count-th largest.
+    """
+    xp = array_module(scores)
+    rows, n = scores.shape
+    idx = xp.clip(counts - 1, 0, n - 1)
+    if xp is np:
+        return xp.take_along_axis(-xp.sort(-scores, axis=1), idx[:, None], axis=1)[:, 0]
+    utype = {4: xp.uint32, 8: xp.uint64}[scores.dtype.itemsize]
+    u = xp.ascontiguousarray(scores).view(utype)
+    prefix = xp.zeros((rows,), dtype=utype)
+    need = xp.maximum(counts, 1)
+    for bit in range(8 * scores.dtype.itemsize - 1, -1, -1):
+        cand = prefix | utype(1 << bit)
+        enough = (u >= cand[:, None]).sum(axis=1) >= need
+        prefix = xp.where(enough, cand, prefix)
+    return prefix.view(scores.dtype)
+
+
 def top_k_per_row(scores, counts):
     """Boolean mask keeping ``counts[i]`` largest entries of each row (ties: lower index).
 
-    scores: (rows, n) array; counts: (rows,) integer array with 0 ≤ counts ≤ n.
+    scores: (rows, n) nonnegative array; counts: (rows,) integers with 0 ≤ counts ≤ n.
     """
     xp = array_module(scores)
     rows, n = scores.shape
     counts = xp.asarray(counts).astype(xp.int64)
     if rows == 0 or n == 0:
         return xp.zeros(scores.shape, dtype=bool)
-    # k-th largest value per row (for count 0 any value > max works).
-    sorted_desc = -xp.sort(-scores, axis=1)
-    idx = xp.clip(counts - 1, 0, n - 1)
-    thresh = xp.take_along_axis(sorted_desc, idx[:, None], axis=1)
+    thresh = kth_largest_per_row(scores, counts)[:, None]
     above = scores > thresh
     equal = scores == thresh
     need = counts[:, None] - above.sum(axis=1, keepdims=True)

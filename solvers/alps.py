@@ -19,17 +19,26 @@ PCG (``solvers.pcg``) and the scaling undone: W = X D⁻¹.
 
 from __future__ import annotations
 
-from layerprune.solvers.linalg import normalized_eigh
+from layerprune.solvers.normalized import NormalizedProblem
 from layerprune.solvers.pcg import masked_pcg
 from layerprune.solvers.registry import register
 from layerprune.solvers.result import MethodOutput
 
 
-def _eigen(problem, xp, cache):
-    """(d, Hn, Λ, Q) in float64, computed once per Hessian (shared through ``cache``)."""
-    if "alps_eig" not in cache:
-        cache["alps_eig"] = normalized_eigh(problem.hessian, xp)
-    return cache["alps_eig"]
+def pcg_refit(norm: NormalizedProblem, X, mask, dtype, tol: float | None, max_iter: int):
+    """PCG refit of X on ``mask``; returns (X, info). Keeps X if rounding made the fit worse."""
+    tol = tol if tol is not None else (1e-10 if dtype.itemsize >= 8 else 1e-6)
+    before = norm.rel_error(X)
+    X_fit, pcg = masked_pcg(norm.Hn, norm.G, mask, X, norm.xp, tol=tol, max_iter=max_iter)
+    after = norm.rel_error(X_fit)
+    info = {
+        "admm_rel_error": before,
+        "refit_rel_error": after,
+        "refit_iterations": pcg.iterations,
+        "refit_residual": pcg.residual,
+        "refit_converged": pcg.converged,
+    }
+    return (X_fit if after <= before else X), info
 
 
 @register("alps")
@@ -65,23 +74,9 @@ def alps(
     track_error : record the relative error of the projected iterate at each check.
     rho_factors : ρ multipliers for c/k > 10%, > 0.5% and any change ((1.3, 1.2, 1.1)).
     """
-    pattern, s = problem.pattern, problem.sparsity
-    d64, Hn64, lam64, Q64 = _eigen(problem, xp, cache)
-    Hn, Q, lam, d = (a.astype(dtype) for a in (Hn64, Q64, lam64, d64))
-    B = problem.weight.astype(dtype) * d[None, :]
-    G = B @ Hn
-    energy = float(xp.sum(G * B))
-    k = max(problem.kept, 1)
-
-    def project(Z):
-        return pattern.project(Z, s)
-
-    def rel_error(X) -> float:
-        E = X - B
-        return float(xp.sum((E @ Hn) * E)) / energy
-
-    def inverse(rho):  # (Hn + ρI)⁻¹ = Q diag(1/(Λ+ρ)) Qᵀ: one in × in × in product per new ρ
-        return (Q * (1.0 / (lam + rho))[None, :]) @ Q.T
+    norm = NormalizedProblem(problem, xp, dtype, cache)
+    B, G, k = norm.B, norm.G, norm.kept
+    project, inverse, rel_error = norm.project, norm.inverse, norm.rel_error
 
     rho, rose, restarts = float(rho0), False, 0
     Dv, mask = project(B)
@@ -129,18 +124,7 @@ def alps(
     info = {"rho_final": rho, "restarts": restarts, "stop_reason": message}
     X = Dv
     if refit:
-        tol = refit_tol if refit_tol is not None else (1e-10 if dtype.itemsize >= 8 else 1e-6)
-        before = rel_error(Dv)
-        X_fit, pcg = masked_pcg(Hn, G, mask, Dv, xp, tol=tol, max_iter=refit_max_iter)
-        after = rel_error(X_fit)
-        if after <= before:  # CG decreases the objective; keep ADMM's point if rounding says otherwise
-            X = X_fit
-        info.update(
-            admm_rel_error=before,
-            refit_rel_error=after,
-            refit_iterations=pcg.iterations,
-            refit_residual=pcg.residual,
-            refit_converged=pcg.converged,
-        )
-    W = (X / d[None, :]) * mask
+        X, refit_info = pcg_refit(norm, Dv, mask, dtype, refit_tol, refit_max_iter)
+        info.update(refit_info)
+    W = norm.unscale(X) * mask
     return MethodOutput(W, mask, iterations=it, history=history, message=message, info=info)

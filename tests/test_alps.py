@@ -154,7 +154,7 @@ def test_too_large_rho_restarts_smaller():
 
 
 def test_solve_many_shares_one_eigendecomposition(monkeypatch):
-    import layerprune.solvers.alps as alps_mod
+    import layerprune.solvers.normalized as alps_mod
 
     calls = []
     real = alps_mod.normalized_eigh

@@ -1,0 +1,43 @@
+"""Gradual-mask ADMM with a fixed penalty (Boža, 2024, "Fast and Optimal Weight Update
+for Pruned Large Language Models"): the fast end of the speed/quality trade-off.
+
+In normalized coordinates (``solvers.normalized``; there |X| is Wanda's score
+|Ŵᵢⱼ|·√Hⱼⱼ) run ``iterations`` ADMM steps with one fixed ρ, so (Hn + ρI)⁻¹ is
+formed once, while the projection's sparsity rises on a cubic schedule
+s_t = s·(1 − (1 − t/ramp)³) and stays at s after ``ramp`` steps::
+
+    X  ← (G − V + ρ Z) (Hn + ρI)⁻¹
+    Z  ← P_{s_t}(X + V/ρ)
+    V  ← V + ρ (X − Z)
+
+N:M patterns project onto the final pattern from the first step (there is no
+intermediate N:M sparsity). The answer is the last Z (feasible by construction).
+"""
+
+from __future__ import annotations
+
+from layerprune.solvers.normalized import NormalizedProblem
+from layerprune.solvers.registry import register
+from layerprune.solvers.result import MethodOutput
+
+
+@register("admm_gradual")
+def admm_gradual(problem, xp, dtype, cache, rho: float = 1.0, iterations: int = 20, ramp: int = 15) -> MethodOutput:
+    """Options: rho (fixed penalty, 1.0), iterations (20), ramp (steps of the cubic sparsity ramp, 15)."""
+    if not 1 <= ramp <= iterations:
+        raise ValueError(f"admm_gradual needs 1 ≤ ramp ≤ iterations, got ramp={ramp}, iterations={iterations}")
+    norm = NormalizedProblem(problem, xp, dtype, cache)
+    gradual = problem.pattern.kind != "nm"
+    M = norm.inverse(rho)
+    Z, V = norm.B, xp.zeros_like(norm.B)
+    history = []
+    for t in range(1, iterations + 1):
+        s_t = problem.sparsity * (1.0 - (1.0 - min(t / ramp, 1.0)) ** 3) if gradual else None
+        X = (norm.G - V + rho * Z) @ M
+        Z, mask = norm.project(X + V / rho, s_t)
+        V += rho * (X - Z)
+        history.append({"iteration": t, "rho": rho, "sparsity": problem.sparsity if s_t is None else s_t})
+    return MethodOutput(
+        norm.unscale(Z) * mask, mask, iterations=iterations, history=history,
+        message=f"{iterations} fixed-penalty steps, mask ramped over {ramp}",
+    )
