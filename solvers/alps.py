@@ -19,6 +19,7 @@ PCG (``solvers.pcg``) and the scaling undone: W = X D⁻¹.
 
 from __future__ import annotations
 
+from layerprune.solvers.backend import PhaseClock
 from layerprune.solvers.normalized import NormalizedProblem
 from layerprune.solvers.pcg import masked_pcg
 from layerprune.solvers.registry import register
@@ -74,7 +75,9 @@ def alps(
     track_error : record the relative error of the projected iterate at each check.
     rho_factors : ρ multipliers for c/k > 10%, > 0.5% and any change ((1.3, 1.2, 1.1)).
     """
+    clock = PhaseClock(xp)
     norm = NormalizedProblem(problem, xp, dtype, cache)
+    clock.lap("seconds_setup")
     B, G, k = norm.B, norm.G, norm.kept
     project, inverse, rel_error = norm.project, norm.inverse, norm.rel_error
 
@@ -121,10 +124,13 @@ def alps(
         rho = min(rho, rho_max)
         M = inverse(rho)
 
+    clock.lap("seconds_admm")
     info = {"rho_final": rho, "restarts": restarts, "stop_reason": message}
     X = Dv
     if refit:
         X, refit_info = pcg_refit(norm, Dv, mask, dtype, refit_tol, refit_max_iter)
         info.update(refit_info)
+        clock.lap("seconds_refit")
+    info.update(clock.laps)
     W = norm.unscale(X) * mask
     return MethodOutput(W, mask, iterations=it, history=history, message=message, info=info)

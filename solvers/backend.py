@@ -120,3 +120,21 @@ def synchronize(xp) -> None:
     """Wait for queued device work (no-op on NumPy), so host clocks time it."""
     if xp is not np:
         xp.cuda.get_current_stream().synchronize()
+
+
+class PhaseClock:
+    """Wall time of consecutive phases of a solver, device-synchronized at each lap."""
+
+    def __init__(self, xp) -> None:
+        import time
+
+        self._xp, self._now = xp, time.perf_counter
+        synchronize(xp)
+        self._t = self._now()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        synchronize(self._xp)
+        t = self._now()
+        self.laps[name] = self.laps.get(name, 0.0) + t - self._t
+        self._t = t

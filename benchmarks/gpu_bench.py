@@ -1,0 +1,139 @@
+"""Per-layer wall time, objective and GPU memory of every solver, in one device call.
+
+    python benchmarks/gpu_bench.py [--shapes smollm2,llama7b] [--sparsity 0.7] [--out DIR]
+
+Problems are synthetic layers whose Hessians are built on the device from
+correlated activations with outlier channels (``synthetic_problem(xp=cupy)``).
+Each (shape, method) runs on a fresh factorization cache, so ALPS's
+eigendecomposition and SparseGPT's Cholesky are inside their times. Peak memory
+is the CuPy pool's growth during the solve (blocks are freed before each run),
+reported in copies of the weight matrix (out·in·4 bytes). Prints a Markdown table
+and writes the rows as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+SHAPES = {  # name: (out, in) in the nn.Linear layout
+    "smollm2": [("q_proj 576x576", 576, 576), ("gate_proj 1536x576", 1536, 576), ("down_proj 576x1536", 576, 1536)],
+    "llama7b": [("q_proj 4096x4096", 4096, 4096), ("up_proj 11008x4096", 11008, 4096), ("down_proj 4096x11008", 4096, 11008)],
+}
+METHODS = ["alps", "sparsegpt", "wanda", "admm_gradual"]
+
+
+def gemm_rate(xp, n: int = 8192, reps: int = 5) -> float:
+    """Measured float32 GEMM rate (TFLOP/s) on random data, median of ``reps``."""
+    from layerprune.solvers.backend import synchronize
+
+    a = xp.random.standard_normal((n, n), dtype=xp.float32)
+    b = xp.random.standard_normal((n, n), dtype=xp.float32)
+    a @ b
+    synchronize(xp)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        synchronize(xp)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / float(np.median(times)) / 1e12
+
+
+def eigh_seconds(xp, n: int, dtype) -> float:
+    """Time of one symmetric eigendecomposition of a random SPD n × n matrix."""
+    from layerprune.solvers.backend import synchronize
+
+    a = xp.random.standard_normal((n, n)).astype(dtype)
+    a = a @ a.T / n + xp.eye(n, dtype=dtype)
+    xp.linalg.eigh(a[:64, :64])
+    synchronize(xp)
+    t = time.perf_counter()
+    xp.linalg.eigh(a)
+    synchronize(xp)
+    return time.perf_counter() - t
+
+
+def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[str], device: str) -> list[dict]:
+    from layerprune import solve
+    from layerprune.problems import synthetic_problem
+    from layerprune.solvers.backend import resolve_device, xp_for
+
+    dev = resolve_device(device)
+    xp = xp_for(dev)
+    pool = xp.get_default_memory_pool() if dev == "cuda" else None
+    rows = []
+    # warm-up: kernels compile, handles are created
+    warm = synthetic_problem(128, 256, 0.5, xp=xp)
+    for m in methods:
+        solve(warm, m, device=dev)
+    for group in shapes:
+        for label, out, inp in SHAPES[group]:
+            for pattern in patterns:
+                s = None if ":" in pattern else sparsity
+                p = synthetic_problem(out, inp, s, pattern, seed=0, xp=xp)
+                _ = p.hessian  # the damped matrix belongs to the problem, not to a solver's time
+                for m in methods:
+                    if pool is not None:
+                        pool.free_all_blocks()
+                        base = pool.total_bytes()
+                    r = solve(p, m, device=dev)
+                    peak = (pool.total_bytes() - base) if pool is not None else float("nan")
+                    rows.append({
+                        "layer": label, "out": out, "in": inp, "pattern": pattern, "method": m,
+                        "sparsity": round(r.sparsity, 4), "rel_error": r.relative_error, "seconds": r.seconds,
+                        "iterations": r.iterations, "peak_bytes": peak, "weight_copies": peak / (out * inp * 4),
+                        "info": {k: v for k, v in r.info.items() if isinstance(v, (int, float, bool, str))},
+                    })
+                    print(json.dumps(rows[-1]), flush=True)
+                del p
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| layer | pattern | method | rel. error | seconds | iters | peak mem (× W) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['layer']} | {r['pattern']} | {r['method']} | {r['rel_error']:.4f} | {r['seconds']:.3f} | "
+            f"{r['iterations']} | {r['weight_copies']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default="smollm2,llama7b")
+    ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--patterns", default="unstructured,2:4")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    from layerprune.solvers.backend import resolve_device, xp_for
+
+    dev = resolve_device(args.device)
+    xp = xp_for(dev)
+    header = {"date": time.strftime("%Y-%m-%d"), "host": platform.node(), "device": dev}
+    if dev == "cuda":
+        props = xp.cuda.runtime.getDeviceProperties(0)
+        header.update(gpu=props["name"].decode(), cupy=xp.__version__, fp32_gemm_tflops=round(gemm_rate(xp), 1))
+        for n in (4096, 11008):
+            for dt in ("float32", "float64"):
+                header[f"eigh_{n}_{dt}_s"] = round(eigh_seconds(xp, n, dt), 3)
+                print(json.dumps(header), flush=True)
+    print(json.dumps(header), flush=True)
+    rows = run(args.shapes.split(","), args.sparsity, args.patterns.split(","), args.methods.split(","), args.device)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
+        json.dump({"header": header, "rows": rows}, f, indent=1)
+    print(json.dumps(header))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
