@@ -8,7 +8,8 @@ errors update all later columns at once (W[:, i₂:] −= E U[i₁:i₂, i₂:])
 The mask is chosen adaptively per block from the saliency wᵢⱼ² / Uⱼⱼ²:
 for ``unstructured`` over the whole block (the layer's exact count split over
 blocks by width), for ``row`` per row of the block, for ``N:M`` per group of
-M columns when the sweep reaches it.
+M columns when the sweep reaches it (the block size is rounded down to a
+multiple of M, at least M, so that blocks hold whole groups).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def sparsegpt(problem, xp, dtype, cache, blocksize: int = 128, **options) -> Met
     pattern, s = problem.pattern, problem.sparsity
     keep = xp.zeros((out, inp), dtype=bool)
 
+    if blocksize < 1:
+        raise ValueError(f"sparsegpt blocksize must be ≥ 1, got {blocksize}")
+    if pattern.kind == "nm":
+        # Blocks must hold whole N:M groups, or groups straddle blocks and the
+        # per-block group choice (at local i % M == 0) misses the layer's groups.
+        blocksize = max(pattern.m, blocksize // pattern.m * pattern.m)
     starts = list(range(0, inp, blocksize))
     ends = [min(i + blocksize, inp) for i in starts]
     if pattern.kind == "unstructured":

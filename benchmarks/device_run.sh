@@ -2,7 +2,10 @@
 # One device call: install the checkout, run the GPU tests, then the per-layer benchmark.
 #   bash benchmarks/device_run.sh [gpu_bench.py args...]
 set -uo pipefail
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { cat /tmp/pip.log; exit 1; }
+# The package without installing it: layerprune/ plus links to the subpackage folders.
+mkdir -p /tmp/lp/layerprune && cp layerprune/__init__.py /tmp/lp/layerprune/
+for d in problems solvers baselines layerwise reports; do [ -f "$d/__init__.py" ] && ln -sfn "$PWD/$d" "/tmp/lp/layerprune/$d"; done
+export PYTHONPATH=/tmp/lp${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15
+python3 -P -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15
 python3 benchmarks/gpu_bench.py "$@" 2>&1 | tee "${OUT:-.}/gpu_bench.log" | grep -v '^{"layer"'

@@ -26,6 +26,11 @@ SHAPES = {  # name: (out, in) in the nn.Linear layout
     "llama7b": [("q_proj 4096x4096", 4096, 4096), ("up_proj 11008x4096", 11008, 4096), ("down_proj 4096x11008", 4096, 11008)],
 }
 METHODS = ["alps", "sparsegpt", "wanda", "admm_gradual"]
+VARIANTS = {"alps-eig64": ("alps", {"eig_dtype": "float64"})}  # extra rows: method name, options
+
+
+def method_and_options(name: str):
+    return VARIANTS.get(name, (name, {}))
 
 
 def gemm_rate(xp, n: int = 8192, reps: int = 5) -> float:
@@ -69,9 +74,11 @@ def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[s
     pool = xp.get_default_memory_pool() if dev == "cuda" else None
     rows = []
     # warm-up: kernels compile, handles are created
-    warm = synthetic_problem(128, 256, 0.5, xp=xp)
-    for m in methods:
-        solve(warm, m, device=dev)
+    for pattern in patterns:
+        warm = synthetic_problem(128, 256, None if ":" in pattern else 0.5, pattern, xp=xp)
+        for m in methods:
+            name, opts = method_and_options(m)
+            solve(warm, name, device=dev, **opts)
     for group in shapes:
         for label, out, inp in SHAPES[group]:
             for pattern in patterns:
@@ -82,7 +89,8 @@ def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[s
                     if pool is not None:
                         pool.free_all_blocks()
                         base = pool.total_bytes()
-                    r = solve(p, m, device=dev)
+                    name, opts = method_and_options(m)
+                    r = solve(p, name, device=dev, **opts)
                     peak = (pool.total_bytes() - base) if pool is not None else float("nan")
                     rows.append({
                         "layer": label, "out": out, "in": inp, "pattern": pattern, "method": m,
@@ -122,10 +130,9 @@ def main() -> None:
     if dev == "cuda":
         props = xp.cuda.runtime.getDeviceProperties(0)
         header.update(gpu=props["name"].decode(), cupy=xp.__version__, fp32_gemm_tflops=round(gemm_rate(xp), 1))
-        for n in (4096, 11008):
-            for dt in ("float32", "float64"):
-                header[f"eigh_{n}_{dt}_s"] = round(eigh_seconds(xp, n, dt), 3)
-                print(json.dumps(header), flush=True)
+        from cupy._core import _routines_linalg as rl
+
+        header["cupy_compute_type_api"] = [n for n in dir(rl) if "compute" in n.lower() or "tf32" in n.lower()]
     print(json.dumps(header), flush=True)
     rows = run(args.shapes.split(","), args.sparsity, args.patterns.split(","), args.methods.split(","), args.device)
     os.makedirs(args.out, exist_ok=True)

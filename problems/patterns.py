@@ -22,27 +22,47 @@ import numpy as np
 from layerprune.solvers.backend import array_module
 
 
+def _count_at_least(u, cand, chunk: int = 4096):
+    """#{u ≥ cand} per row; long rows are split so the GPU reduces them in parallel."""
+    rows, n = u.shape
+    if rows >= 1024 or n <= chunk:
+        return (u >= cand[:, None]).sum(axis=1)
+    return (u.reshape(rows, -1, chunk) >= cand[:, None, None]).sum(axis=2).sum(axis=1)
+
+
 def kth_largest_per_row(scores, counts):
     """The ``counts[i]``-th largest value of each row of nonnegative ``scores`` (rows,).
 
     NumPy sorts. On the GPU a radix select on the float bit patterns (monotone for
-    nonnegative floats) finds it in one pass per bit, all on the device: prefix is
-    kept as the largest v with #{u ≥ v} ≥ count, which ends at the count-th largest.
+    nonnegative floats) finds it in one counting pass per bit, all on the device:
+    ``prefix`` stays the largest v with #{u ≥ v} ≥ count, which ends at the count-th largest.
     """
     xp = array_module(scores)
     rows, n = scores.shape
-    idx = xp.clip(counts - 1, 0, n - 1)
     if xp is np:
-        return xp.take_along_axis(-xp.sort(-scores, axis=1), idx[:, None], axis=1)[:, 0]
+        idx = np.clip(counts - 1, 0, n - 1)
+        return np.take_along_axis(-np.sort(-scores, axis=1), idx[:, None], axis=1)[:, 0]
     utype = {4: xp.uint32, 8: xp.uint64}[scores.dtype.itemsize]
     u = xp.ascontiguousarray(scores).view(utype)
+    chunk = 4096
+    if rows < 1024 and n > chunk and n % chunk:  # pad with zeros: 0 is never ≥ a candidate
+        u = xp.concatenate([u, xp.zeros((rows, chunk - n % chunk), dtype=utype)], axis=1)
     prefix = xp.zeros((rows,), dtype=utype)
     need = xp.maximum(counts, 1)
     for bit in range(8 * scores.dtype.itemsize - 1, -1, -1):
         cand = prefix | utype(1 << bit)
-        enough = (u >= cand[:, None]).sum(axis=1) >= need
-        prefix = xp.where(enough, cand, prefix)
+        prefix = xp.where(_count_at_least(u, cand, chunk) >= need, cand, prefix)
     return prefix.view(scores.dtype)
+
+
+def _top_k_by_rank(scores, counts):
+    """Top-k per row for short rows (n ≤ 16): rank = #larger + #equal with a lower index."""
+    xp = array_module(scores)
+    n = scores.shape[-1]
+    a, b = scores[..., :, None], scores[..., None, :]
+    earlier = xp.tri(n, k=-1, dtype=bool)  # earlier[i, j] = j < i
+    rank = ((b > a) | ((b == a) & earlier)).sum(axis=-1)
+    return rank < counts[..., None]
 
 
 def top_k_per_row(scores, counts):
@@ -55,11 +75,16 @@ def top_k_per_row(scores, counts):
     counts = xp.asarray(counts).astype(xp.int64)
     if rows == 0 or n == 0:
         return xp.zeros(scores.shape, dtype=bool)
+    if n <= 16:
+        return _top_k_by_rank(scores, counts)
     thresh = kth_largest_per_row(scores, counts)[:, None]
-    above = scores > thresh
+    keep = scores > thresh
+    need = counts - keep.sum(axis=1)  # how many entries equal to the threshold to add per row
     equal = scores == thresh
-    need = counts[:, None] - above.sum(axis=1, keepdims=True)
-    keep = above | (equal & (xp.cumsum(equal, axis=1) <= need))
+    if xp is not np and not bool((equal.sum(axis=1) > need).any()):
+        return keep | equal  # no row has more ties than places (the usual case): no scan needed
+    order = xp.cumsum(equal.ravel() if rows == 1 else equal, axis=-1, dtype=xp.int32).reshape(rows, n)
+    keep |= equal & (order <= need[:, None])
     return keep & (counts[:, None] > 0)
 
 
@@ -123,13 +148,7 @@ class Pattern:
             k = int(round((1.0 - sparsity) * inp))
             return top_k_per_row(scores, xp.full((out,), k, dtype=xp.int64))
         groups = scores.reshape(out, inp // self.m, self.m)
-        # rank within each group: #larger + #equal with a lower index.
-        a = groups[..., :, None]
-        b = groups[..., None, :]
-        earlier = xp.tri(self.m, k=-1, dtype=bool)  # earlier[i, j] = j < i
-        beats = (b > a) | ((b == a) & earlier)
-        rank = beats.sum(axis=-1)
-        return (rank < self.n).reshape(out, inp)
+        return _top_k_by_rank(groups, xp.full(groups.shape[:2], self.n, dtype=xp.int64)).reshape(out, inp)
 
     def project(self, z, sparsity: float):
         """Euclidean projection of ``z`` onto the pattern: (projected z, mask)."""

@@ -174,7 +174,14 @@ class LayerProblem:
 
     def relative_error(self, W: Any) -> float:
         """f(W) / tr(Ŵ H Ŵᵀ)."""
-        return self.objective(W) / self.dense_energy()
+        return self.relative(self.objective(W))
+
+    def relative(self, objective: float) -> float:
+        """An objective value divided by tr(Ŵ H Ŵᵀ) (an all-zero Ŵ: 0 for 0, else inf)."""
+        energy = self.dense_energy()
+        if energy > 0:
+            return objective / energy
+        return 0.0 if objective == 0 else float("inf")
 
     def mask_of(self, W: Any):
         return to_xp(W, self.xp) != 0
@@ -264,6 +271,8 @@ class LayerProblem:
             version = meta.get("format_version")
             if version is None:
                 raise ValueError(f"{path}: no format_version in its metadata; it was not written by LayerProblem.save")
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise ValueError(f"{path}: format_version must be an integer, got {version!r}")
             if version > FORMAT_VERSION:
                 raise ValueError(
                     f"{path}: written by a newer layerprune (format {version}; this one reads ≤ {FORMAT_VERSION})"
@@ -293,10 +302,12 @@ class LayerProblem:
         X = X.reshape(-1, X.shape[-1]).astype(xp.float64)
         if not bool(xp.isfinite(X).all()):
             raise ValueError("X contains NaN or Inf")
-        W = _as_float_array(W, "weight")
+        W_in, W = W, _as_float_array(W, "weight")
         if W.ndim == 2 and X.shape[1] != W.shape[1]:
             raise ValueError(
                 f"shape mismatch: X has {X.shape[1]} input features but weight is {tuple(W.shape)} (out × in)"
             )
         H = X.T @ X
-        return cls(to_xp(W, xp), H, sparsity=sparsity, pattern=pattern, damping=damping, name=name)
+        # A torch weight goes in as given, so that solve(..., keep_array_type=True) returns torch.
+        weight = W_in if is_torch(W_in) and array_module(W) is xp else to_xp(W, xp)
+        return cls(weight, H, sparsity=sparsity, pattern=pattern, damping=damping, name=name)

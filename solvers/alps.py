@@ -26,11 +26,12 @@ from layerprune.solvers.registry import register
 from layerprune.solvers.result import MethodOutput
 
 
-def pcg_refit(norm: NormalizedProblem, X, mask, dtype, tol: float | None, max_iter: int):
+def pcg_refit(norm: NormalizedProblem, X, mask, tol: float | None, max_iter: int, hn_buffer=None):
     """PCG refit of X on ``mask``; returns (X, info). Keeps X if rounding made the fit worse."""
-    tol = tol if tol is not None else (1e-10 if dtype.itemsize >= 8 else 1e-6)
+    tol = tol if tol is not None else (1e-10 if norm.dtype.itemsize >= 8 else 1e-6)
     before = norm.rel_error(X)
-    X_fit, pcg = masked_pcg(norm.Hn, norm.G, mask, X, norm.xp, tol=tol, max_iter=max_iter)
+    Hn = norm.hn(out=hn_buffer)
+    X_fit, pcg = masked_pcg(Hn, norm.G, mask, X, norm.xp, tol=tol, max_iter=max_iter)
     after = norm.rel_error(X_fit)
     info = {
         "admm_rel_error": before,
@@ -60,6 +61,7 @@ def alps(
     refit_max_iter: int = 200,
     track_error: bool = True,
     rho_factors: tuple[float, float, float] = (1.3, 1.2, 1.1),
+    eig_dtype=None,
 ) -> MethodOutput:
     """ALPS on ``problem``; options (paper defaults):
 
@@ -73,27 +75,43 @@ def alps(
     refit_tol : relative masked-residual tolerance (1e-6 in float32... 1e-10 in float64 by default).
     refit_max_iter : PCG iteration cap (200).
     track_error : record the relative error of the projected iterate at each check.
+    eig_dtype : precision of the eigendecomposition (float64 on CPU, the working dtype on GPU).
     rho_factors : ρ multipliers for c/k > 10%, > 0.5% and any change ((1.3, 1.2, 1.1)).
     """
     clock = PhaseClock(xp)
-    norm = NormalizedProblem(problem, xp, dtype, cache)
+    norm = NormalizedProblem(problem, xp, dtype, cache, eig_dtype=eig_dtype)
     clock.lap("seconds_setup")
-    B, G, k = norm.B, norm.G, norm.kept
-    project, inverse, rel_error = norm.project, norm.inverse, norm.rel_error
+    G, k = norm.G, norm.kept
+
+    # Persistent (out × in) buffers: G, V, Dv, X, T; every step below works in place.
+    # Dv also holds |X + V/ρ| while the projection's mask is chosen.
+    def start():
+        X = norm.B
+        Dv, mask = norm.project(X)
+        return X, Dv, xp.zeros_like(X), mask
 
     rho, rose, restarts = float(rho0), False, 0
-    Dv, mask = project(B)
-    V = xp.zeros_like(B)
-    M = inverse(rho)
+    X, Dv, V, mask = start()
+    T = xp.empty_like(X)
+    M = norm.inverse(rho)
     mask_at_check = mask
     history: list[dict] = []
     message = f"iteration cap ({max_iter}) reached"
     it = 0
     while it < max_iter:
         it += 1
-        X = (G - V + rho * Dv) @ M
-        Dv, mask = project(X + V / rho)
-        V += rho * (X - Dv)
+        xp.multiply(Dv, rho, out=T)  # T = G − V + ρ Dv
+        T += G
+        T -= V
+        xp.matmul(T, M, out=X)  # X = T (Hn + ρI)⁻¹
+        xp.divide(V, rho, out=T)  # T = X + V/ρ
+        T += X
+        xp.abs(T, out=Dv)
+        mask = norm.mask(Dv)
+        xp.multiply(T, mask, out=Dv)  # Dv = P(X + V/ρ)
+        xp.subtract(X, Dv, out=T)  # V += ρ (X − Dv)
+        T *= rho
+        V += T
         if it % check_every:
             continue
         changed = int(xp.count_nonzero(mask != mask_at_check))
@@ -101,7 +119,7 @@ def alps(
         mask_at_check = mask
         entry = {"iteration": it, "rho": rho, "support_change": ratio, "changed": changed}
         if track_error:
-            entry["rel_error"] = rel_error(Dv)
+            entry["rel_error"] = norm.rel_error(Dv)
         history.append(entry)
         if changed == 0:
             if rose:
@@ -111,10 +129,9 @@ def alps(
                 message = f"support frozen from the start after {restarts} restarts"
                 break
             rho, restarts = rho / 5.0, restarts + 1  # ρ was too large: restart smaller
-            Dv, mask = project(B)
-            V = xp.zeros_like(B)
+            X, Dv, V, mask = start()
             mask_at_check = mask
-            M = inverse(rho)
+            norm.inverse(rho, out=M)
             continue
         if it >= early_stop_after and ratio < early_stop_change:
             message = f"support change {ratio:.2e} < {early_stop_change:g} at iteration {it}"
@@ -122,13 +139,14 @@ def alps(
         rho *= rho_factors[0] if ratio > 0.1 else rho_factors[1] if ratio > 0.005 else rho_factors[2]
         rose = True
         rho = min(rho, rho_max)
-        M = inverse(rho)
+        norm.inverse(rho, out=M)
 
     clock.lap("seconds_admm")
     info = {"rho_final": rho, "restarts": restarts, "stop_reason": message}
+    del T, V, X  # free ADMM's buffers before the refit allocates its own
     X = Dv
     if refit:
-        X, refit_info = pcg_refit(norm, Dv, mask, dtype, refit_tol, refit_max_iter)
+        X, refit_info = pcg_refit(norm, Dv, mask, refit_tol, refit_max_iter, hn_buffer=M)
         info.update(refit_info)
         clock.lap("seconds_refit")
     info.update(clock.laps)

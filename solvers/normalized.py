@@ -3,13 +3,19 @@
 d = √diag H, Hn = D⁻¹ H D⁻¹ (unit diagonal: this scaling is the Jacobi
 preconditioner), B = Ŵ D, G = B Hn. For X = W D,
 
-    f(W) = tr((X − B) Hn (X − B)ᵀ),   ∇f = 2 (X Hn − G).
+    f(W) = tr((X − B) Hn (X − B)ᵀ) = ‖(X − B) Q Λ^½‖²_F,   ∇f = 2 (X Hn − G).
 
-Hn = Q diag(Λ) Qᵀ is computed once per Hessian (float64) and shared through the
-solve cache, so (Hn + ρI)⁻¹ = Q diag(1/(Λ + ρ)) Qᵀ costs one product for any ρ.
+Hn = Q diag(Λ) Qᵀ is computed once per Hessian and shared through the solve
+cache, so (Hn + ρI)⁻¹ = Q diag(1/(Λ + ρ)) Qᵀ costs one product for any ρ. Only
+Q and Λ are kept: Hn itself is re-formed (one product) when a refit needs it.
+The eigendecomposition runs in float64 on the CPU and in the working precision
+on the GPU (cuSOLVER float32; ``eig_dtype`` overrides), where float64 would
+double the memory of the largest arrays for no change in the chosen support.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from layerprune.solvers.linalg import normalized_eigh
 
@@ -17,30 +23,46 @@ from layerprune.solvers.linalg import normalized_eigh
 class NormalizedProblem:
     """Arrays of one problem in normalized coordinates, on backend ``xp`` in ``dtype``."""
 
-    def __init__(self, problem, xp, dtype, cache: dict) -> None:
-        if "eig" not in cache:
-            cache["eig"] = normalized_eigh(problem.hessian, xp)
-        d, Hn, lam, Q = cache["eig"]
-        self.xp = xp
+    def __init__(self, problem, xp, dtype, cache: dict, eig_dtype=None) -> None:
+        eig_dtype = np.dtype(eig_dtype or (np.float64 if xp is np else dtype))
+        key = ("eig", eig_dtype.str)
+        if key not in cache:
+            d, _, lam, Q = normalized_eigh(problem.hessian, xp, dtype=eig_dtype, keep_hn=False)
+            cache[key] = (d, lam, Q)
+        d, lam, Q = cache[key]
+        self.xp, self.dtype = xp, dtype
         self.pattern, self.sparsity = problem.pattern, problem.sparsity
         self.kept = max(problem.kept, 1)
-        self.d, self.Hn, self.lam, self.Q = (a.astype(dtype) for a in (d, Hn, lam, Q))
-        self.B = problem.weight.astype(dtype) * self.d[None, :]
-        self.G = self.B @ self.Hn
-        self.energy = float(xp.sum(self.G * self.B))  # tr(B Hn Bᵀ) = tr(Ŵ H Ŵᵀ)
+        self.d, self.lam, self.Q = d.astype(dtype), lam.astype(dtype), Q.astype(dtype, copy=False)
+        self._weight = problem.weight
+        B = self.B
+        self.G = ((B @ self.Q) * self.lam[None, :]) @ self.Q.T  # B Hn
+        self.energy = float(xp.sum(self.G * B))  # tr(B Hn Bᵀ) = tr(Ŵ H Ŵᵀ)
+
+    @property
+    def B(self):
+        """Ŵ D (formed on demand: the weight already lives in the problem)."""
+        return self._weight.astype(self.dtype) * self.d[None, :]
 
     def project(self, Z, sparsity: float | None = None):
         """(P(Z), mask): keep the largest |Z| the pattern allows."""
         return self.pattern.project(Z, self.sparsity if sparsity is None else sparsity)
 
-    def inverse(self, rho: float):
-        """(Hn + ρI)⁻¹ = Q diag(1/(Λ + ρ)) Qᵀ (in × in)."""
-        return (self.Q * (1.0 / (self.lam + rho))[None, :]) @ self.Q.T
+    def mask(self, scores, sparsity: float | None = None):
+        return self.pattern.mask(scores, self.sparsity if sparsity is None else sparsity)
+
+    def inverse(self, rho: float, out=None):
+        """(Hn + ρI)⁻¹ = Q diag(1/(Λ + ρ)) Qᵀ (in × in), written into ``out`` if given."""
+        return self.xp.matmul(self.Q * (1.0 / (self.lam + rho))[None, :], self.Q.T, out=out)
+
+    def hn(self, out=None):
+        """Hn = Q diag(Λ) Qᵀ (in × in), written into ``out`` if given."""
+        return self.xp.matmul(self.Q * self.lam[None, :], self.Q.T, out=out)
 
     def rel_error(self, X) -> float:
-        """f / tr(Ŵ H Ŵᵀ) for X in normalized coordinates."""
-        E = X - self.B
-        return float(self.xp.sum((E @ self.Hn) * E)) / self.energy
+        """f / tr(Ŵ H Ŵᵀ) for X in normalized coordinates: ‖(X − B) Q Λ^½‖² / energy."""
+        EQ = (X - self.B) @ self.Q
+        return float(self.xp.sum(EQ * EQ * self.lam[None, :])) / self.energy
 
     def unscale(self, X):
         """Back to the layer's coordinates: W = X D⁻¹."""

@@ -30,10 +30,10 @@ def masked_pcg(Hn, G, mask, X0, xp, tol: float = 1e-6, max_iter: int = 200, prec
     (Jacobi) preconditioner, 1/diag(Hn); None means identity (unit diagonal).
     Returns (X, PCGInfo). Rows are independent systems with their own α, β.
     """
-    maskf = mask.astype(G.dtype)
-    X = X0 * maskf
-    R = (G - X @ Hn) * maskf
-    g_norm = float(xp.linalg.norm(G * maskf))
+    X = X0 * mask
+    R = G - X @ Hn
+    R *= mask
+    g_norm = float(xp.linalg.norm(G * mask))
     if g_norm == 0.0:
         return xp.zeros_like(X), PCGInfo(0, 0.0, True)
     Z = R if precond is None else R * precond[None, :]
@@ -43,7 +43,8 @@ def masked_pcg(Hn, G, mask, X0, xp, tol: float = 1e-6, max_iter: int = 200, prec
     res = float(xp.linalg.norm(R)) / g_norm
     it = 0
     while res > tol and it < max_iter:
-        AP = (P @ Hn) * maskf
+        AP = P @ Hn
+        AP *= mask
         pAp = xp.sum(P * AP, axis=1)
         alpha = xp.where(pAp > tiny, rz / xp.maximum(pAp, tiny), 0.0).astype(G.dtype)
         X += alpha[:, None] * P

@@ -94,6 +94,7 @@ def solve(
     if not bool(xp.isfinite(weight).all()):
         raise RuntimeError(f"method {method!r} returned NaN/Inf weights")
     objective = p.objective(weight)
+    sparsity = 1.0 - float(mask.sum()) / mask.size  # before leaving xp (torch's .size is a method)
     weight = weight.astype(p.weight.dtype)
     if keep_array_type:
         from layerprune.solvers.backend import like_input
@@ -106,8 +107,8 @@ def solve(
         weight=weight,
         mask=mask,
         objective=objective,
-        relative_error=objective / p.dense_energy(),
-        sparsity=1.0 - float(mask.sum()) / mask.size,
+        relative_error=p.relative(objective),
+        sparsity=sparsity,
         seconds=seconds,
         iterations=int(out.iterations),
         history=out.history,
