@@ -28,7 +28,7 @@ from layerprune.solvers.result import MethodOutput
 
 def pcg_refit(norm: NormalizedProblem, X, mask, tol: float | None, max_iter: int, hn_buffer=None):
     """PCG refit of X on ``mask``; returns (X, info). Keeps X if rounding made the fit worse."""
-    tol = tol if tol is not None else (1e-10 if norm.dtype.itemsize >= 8 else 1e-6)
+    tol = tol if tol is not None else (1e-10 if norm.dtype.itemsize >= 8 else 1e-5)
     before = norm.rel_error(X)
     Hn = norm.hn(out=hn_buffer)
     X_fit, pcg = masked_pcg(Hn, norm.G, mask, X, norm.xp, tol=tol, max_iter=max_iter)
@@ -72,7 +72,7 @@ def alps(
     early_stop_after, early_stop_change : stop once past this many iterations and c/k < this.
     max_restarts : how many times ρ may be divided by 5 and ADMM restarted.
     refit : run the PCG refit on the final support (True).
-    refit_tol : relative masked-residual tolerance (1e-6 in float32... 1e-10 in float64 by default).
+    refit_tol : relative masked-residual tolerance (default 1e-5 in float32, 1e-10 in float64).
     refit_max_iter : PCG iteration cap (200).
     track_error : record the relative error of the projected iterate at each check.
     eig_dtype : precision of the eigendecomposition (float64 on CPU, the working dtype on GPU).
