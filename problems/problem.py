@@ -152,19 +152,27 @@ class LayerProblem:
         """Nonzeros the pattern allows in the whole layer."""
         return self.pattern.kept_per_layer(self.shape, self.sparsity)
 
-    def _quadratic(self, E) -> float:
-        """tr(E H Eᵀ) in float64 for E (out × in) on this problem's backend."""
+    def _quadratic(self, E, minus=None, rows_per_chunk: int = 1024) -> float:
+        """tr(E H Eᵀ) in float64 for E (or E − minus), out × in, in row chunks to bound temporaries."""
         xp = self.xp
-        E = to_xp(E, xp).astype(xp.float64)
-        H = self.hessian.astype(xp.float64)
-        return float(xp.sum((E @ H) * E))
+        E = to_xp(E, xp)
+        if "hessian64" not in self._views:
+            self._views["hessian64"] = self.hessian.astype(xp.float64)
+        H = self._views["hessian64"]
+        total = 0.0
+        for r in range(0, E.shape[0], rows_per_chunk):
+            Ec = E[r : r + rows_per_chunk].astype(xp.float64)
+            if minus is not None:
+                Ec -= minus[r : r + rows_per_chunk]
+            total += float(xp.sum((Ec @ H) * Ec))
+        return total
 
     def objective(self, W: Any) -> float:
         """f(W) = tr((W − Ŵ) H (W − Ŵ)ᵀ), H damped, computed in float64."""
         W = to_xp(W, self.xp)
         if tuple(W.shape) != self.shape:
             raise ValueError(f"shape mismatch: W is {tuple(W.shape)}, the layer is {self.shape}")
-        return self._quadratic(W.astype(self.xp.float64) - self.weight.astype(self.xp.float64))
+        return self._quadratic(W, minus=self.weight)
 
     def dense_energy(self) -> float:
         """tr(Ŵ H Ŵᵀ): the objective of the all-zero weight."""
@@ -220,7 +228,7 @@ class LayerProblem:
         p.pattern = parse_pattern(pattern) if pattern is not None else self.pattern
         p.sparsity = p._check_sparsity(sparsity)
         p.pattern.check_shape(p.shape)
-        p._views = {k: v for k, v in self._views.items() if k == "energy"}
+        p._views = {k: v for k, v in self._views.items() if k in ("energy", "hessian64")}
         return p
 
     def __repr__(self) -> str:
