@@ -92,7 +92,7 @@ class PeakMemory:
         self.hook.__exit__(*exc)
 
 
-def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[str], device: str) -> list[dict]:
+def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[str], device: str, only: str = "") -> list[dict]:
     from layerprune import solve
     from layerprune.problems import synthetic_problem
     from layerprune.solvers.backend import resolve_device, xp_for
@@ -109,6 +109,8 @@ def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[s
             solve(warm, name, device=dev, **opts)
     for group in shapes:
         for label, out, inp in SHAPES[group]:
+            if only and only not in label:
+                continue
             for pattern in patterns:
                 s = None if ":" in pattern else sparsity
                 p = synthetic_problem(out, inp, s, pattern, seed=0, xp=xp)
@@ -151,6 +153,7 @@ def main() -> None:
     ap.add_argument("--patterns", default="unstructured,2:4")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--device", default=None)
+    ap.add_argument("--only", default="", help="run only layers whose label contains this")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     from layerprune.solvers.backend import resolve_device, xp_for
@@ -165,7 +168,7 @@ def main() -> None:
 
         header["cupy_compute_type_api"] = [n for n in dir(rl) if "compute" in n.lower() or "tf32" in n.lower()]
     print(json.dumps(header), flush=True)
-    rows = run(args.shapes.split(","), args.sparsity, args.patterns.split(","), args.methods.split(","), args.device)
+    rows = run(args.shapes.split(","), args.sparsity, args.patterns.split(","), args.methods.split(","), args.device, args.only)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
         json.dump({"header": header, "rows": rows}, f, indent=1)

@@ -67,6 +67,11 @@ def _top_k_by_rank(scores, counts):
     return rank < counts[..., None]
 
 
+def _row_sums(b):
+    """Per-row sums; one long row is reduced as a whole (the GPU's fast full reduction)."""
+    return b.sum()[None] if b.shape[0] == 1 else b.sum(axis=1)
+
+
 def top_k_per_row(scores, counts):
     """Boolean mask keeping ``counts[i]`` largest entries of each row (ties: lower index).
 
@@ -81,9 +86,9 @@ def top_k_per_row(scores, counts):
         return _top_k_by_rank(scores, counts)
     thresh = kth_largest_per_row(scores, counts)[:, None]
     keep = scores > thresh
-    need = counts - keep.sum(axis=1)  # how many entries equal to the threshold to add per row
+    need = counts - _row_sums(keep)  # how many entries equal to the threshold to add per row
     equal = scores == thresh
-    if xp is not np and not bool((equal.sum(axis=1) > need).any()):
+    if xp is not np and not bool((_row_sums(equal) > need).any()):
         return keep | equal  # no row has more ties than places (the usual case): no scan needed
     order = xp.cumsum(equal.ravel() if rows == 1 else equal, axis=-1, dtype=xp.int32).reshape(rows, n)
     keep |= equal & (order <= need[:, None])
