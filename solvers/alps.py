@@ -19,7 +19,9 @@ PCG (``solvers.pcg``) and the scaling undone: W = X D⁻¹.
 
 from __future__ import annotations
 
-from layerprune.solvers.backend import PhaseClock
+import numpy as np
+
+from layerprune.solvers.backend import PhaseClock, matmul_precision
 from layerprune.solvers.normalized import NormalizedProblem
 from layerprune.solvers.pcg import masked_pcg
 from layerprune.solvers.registry import register
@@ -62,6 +64,7 @@ def alps(
     track_error: bool = True,
     rho_factors: tuple[float, float, float] = (1.3, 1.2, 1.1),
     eig_dtype=None,
+    tf32: bool | None = None,
 ) -> MethodOutput:
     """ALPS on ``problem``; options (paper defaults):
 
@@ -75,9 +78,26 @@ def alps(
     refit_tol : relative masked-residual tolerance (default 1e-5 in float32, 1e-10 in float64).
     refit_max_iter : PCG iteration cap (200).
     track_error : record the relative error of the projected iterate at each check.
+    tf32 : on the GPU in float32, run the ADMM products in TF32 while the support still moves
+        by more than 0.5% per check, then in full float32 (default True there; refit always float32).
     eig_dtype : precision of the eigendecomposition (float64 on CPU, the working dtype on GPU).
     rho_factors : ρ multipliers for c/k > 10%, > 0.5% and any change ((1.3, 1.2, 1.1)).
     """
+    use_tf32 = (xp is not np and dtype == np.float32) if tf32 is None else bool(tf32)
+    with matmul_precision(xp, "tf32" if use_tf32 else "float32") as precision:
+        return _alps(
+            problem, xp, dtype, cache, precision, use_tf32,
+            rho0, max_iter, check_every, rho_max, early_stop_after, early_stop_change,
+            max_restarts, refit, refit_tol, refit_max_iter, track_error, rho_factors, eig_dtype,
+        )
+
+
+def _alps(
+    problem, xp, dtype, cache, precision, use_tf32,
+    rho0, max_iter, check_every, rho_max, early_stop_after, early_stop_change,
+    max_restarts, refit, refit_tol, refit_max_iter, track_error, rho_factors, eig_dtype,
+) -> MethodOutput:
+    """The ALPS iteration (see :func:`alps`), under the matmul ``precision`` context."""
     clock = PhaseClock(xp)
     norm = NormalizedProblem(problem, xp, dtype, cache, eig_dtype=eig_dtype)
     clock.lap("seconds_setup")
@@ -136,11 +156,15 @@ def alps(
         if it >= early_stop_after and ratio < early_stop_change:
             message = f"support change {ratio:.2e} < {early_stop_change:g} at iteration {it}"
             break
+        if use_tf32 and ratio <= 0.005:  # the support has nearly settled: finish in float32
+            precision.set("float32")
+            use_tf32 = False
         rho *= rho_factors[0] if ratio > 0.1 else rho_factors[1] if ratio > 0.005 else rho_factors[2]
         rose = True
         rho = min(rho, rho_max)
         norm.inverse(rho, out=M)
 
+    precision.set("float32")
     clock.lap("seconds_admm")
     info = {"rho_final": rho, "restarts": restarts, "stop_reason": message}
     del T, V, X  # free ADMM's buffers before the refit allocates its own

@@ -138,3 +138,37 @@ class PhaseClock:
         t = self._now()
         self.laps[name] = self.laps.get(name, 0.0) + t - self._t
         self._t = t
+
+
+class matmul_precision:
+    """Context manager: float32 matrix products on the GPU in ``"tf32"`` or ``"float32"``.
+
+    TF32 (tensor cores, 10-bit mantissa products, float32 accumulation) runs float32
+    GEMMs several times faster on Ampere/Hopper. A no-op on NumPy.
+    """
+
+    def __init__(self, xp, mode: str) -> None:
+        if mode not in ("tf32", "float32"):
+            raise ValueError(f"matmul precision must be 'tf32' or 'float32', got {mode!r}")
+        self.xp, self.mode, self._saved = xp, mode, None
+
+    def set(self, mode: str) -> None:
+        if self.xp is np:
+            return
+        from cupy._core import _routines_linalg as rl
+
+        rl.set_compute_type(np.float32, rl.COMPUTE_TYPE_TF32 if mode == "tf32" else rl.COMPUTE_TYPE_FP32)
+
+    def __enter__(self) -> "matmul_precision":
+        if self.xp is not np:
+            from cupy._core import _routines_linalg as rl
+
+            self._saved = rl.get_compute_type(np.float32)
+            self.set(self.mode)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._saved is not None:
+            from cupy._core import _routines_linalg as rl
+
+            rl.set_compute_type(np.float32, self._saved)

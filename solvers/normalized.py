@@ -35,14 +35,27 @@ class NormalizedProblem:
         self.kept = max(problem.kept, 1)
         self.d, self.lam, self.Q = d.astype(dtype), lam.astype(dtype), Q.astype(dtype, copy=False)
         self._weight = problem.weight
-        B = self.B
-        self.G = ((B @ self.Q) * self.lam[None, :]) @ self.Q.T  # B Hn
-        self.energy = float(xp.sum(self.G * B))  # tr(B Hn Bᵀ) = tr(Ŵ H Ŵᵀ)
+        BQ = self.B @ self.Q
+        BQ *= self.lam[None, :]
+        self.G = BQ @ self.Q.T  # B Hn
+        del BQ
+        self.energy = self._energy()
+
+    def _energy(self) -> float:
+        """tr(B Hn Bᵀ) = tr(Ŵ H Ŵᵀ), summed over row chunks."""
+        return sum(float(self.xp.sum(self.G[r] * self.B_rows(r))) for r in self._chunks())
+
+    def _chunks(self, size: int = 1024):
+        n = self.G.shape[0]
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    def B_rows(self, rows: slice):
+        return self._weight[rows].astype(self.dtype) * self.d[None, :]
 
     @property
     def B(self):
         """Ŵ D (formed on demand: the weight already lives in the problem)."""
-        return self._weight.astype(self.dtype) * self.d[None, :]
+        return self.B_rows(slice(None))
 
     def project(self, Z, sparsity: float | None = None):
         """(P(Z), mask): keep the largest |Z| the pattern allows."""
@@ -60,9 +73,16 @@ class NormalizedProblem:
         return self.xp.matmul(self.Q * self.lam[None, :], self.Q.T, out=out)
 
     def rel_error(self, X) -> float:
-        """f / tr(Ŵ H Ŵᵀ) for X in normalized coordinates: ‖(X − B) Q Λ^½‖² / energy."""
-        EQ = (X - self.B) @ self.Q
-        return float(self.xp.sum(EQ * EQ * self.lam[None, :])) / self.energy
+        """f / tr(Ŵ H Ŵᵀ) for X in normalized coordinates: ‖(X − B) Q Λ^½‖² / energy.
+
+        Summed over row chunks so the temporaries stay small.
+        """
+        total = 0.0
+        for r in self._chunks():
+            EQ = (X[r] - self.B_rows(r)) @ self.Q
+            EQ *= EQ
+            total += float(self.xp.sum(EQ @ self.lam))
+        return total / self.energy
 
     def unscale(self, X):
         """Back to the layer's coordinates: W = X D⁻¹."""

@@ -205,3 +205,14 @@ def test_torch_cuda_tensors_cross_without_copy():
     assert p.weight.data.ptr == W.data_ptr()
     r = solve(p, "alps", keep_array_type=True)
     assert isinstance(r.weight, torch.Tensor) and r.weight.is_cuda
+
+
+@pytest.mark.gpu
+def test_tf32_phase_does_not_hurt_the_objective():
+    p = synthetic_problem(1024, 1024, 0.7, "unstructured", seed=4)
+    fp32 = solve(p, "alps", device="cuda", tf32=False)
+    mixed = solve(p, "alps", device="cuda", tf32=True)
+    assert mixed.relative_error <= fp32.relative_error * 1.005
+    from cupy._core import _routines_linalg as rl
+
+    assert rl.get_compute_type(np.float32) != rl.COMPUTE_TYPE_TF32  # restored afterwards
