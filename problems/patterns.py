@@ -30,7 +30,7 @@ def _count_at_least(u, cand, chunk: int = 4096):
     return (u.reshape(rows, -1, chunk) >= cand[:, None, None]).sum(axis=2).sum(axis=1)
 
 
-def kth_largest_per_row(scores, counts):
+def kth_largest_per_row(scores, counts, method: str | None = None):
     """The ``counts[i]``-th largest value of each row of nonnegative ``scores`` (rows,).
 
     NumPy sorts. On the GPU a radix select on the float bit patterns (monotone for
@@ -39,11 +39,14 @@ def kth_largest_per_row(scores, counts):
     """
     xp = array_module(scores)
     rows, n = scores.shape
-    if xp is np:
-        idx = np.clip(counts - 1, 0, n - 1)
-        return np.take_along_axis(-np.sort(-scores, axis=1), idx[:, None], axis=1)[:, 0]
-    if rows == 1:  # one long row (a layer-wide top-k): the device's radix sort is fastest
-        return xp.sort(scores.ravel())[n - int(xp.clip(counts, 1, n)[0])][None]
+    # method: "sort" (NumPy's default; on the GPU for one long row, where the device's radix
+    # sort is fastest) or "radix" (the GPU's default for many rows; also runs on NumPy for tests).
+    method = method or ("radix" if xp is not np and rows > 1 else "sort")
+    if method == "sort":
+        if rows == 1:
+            return xp.sort(scores.ravel())[n - int(xp.clip(counts, 1, n)[0])][None]
+        idx = xp.clip(counts - 1, 0, n - 1)
+        return xp.take_along_axis(-xp.sort(-scores, axis=1), idx[:, None], axis=1)[:, 0]
     utype = {4: xp.uint32, 8: xp.uint64}[scores.dtype.itemsize]
     u = xp.ascontiguousarray(scores).view(utype)
     chunk = 4096
@@ -52,7 +55,7 @@ def kth_largest_per_row(scores, counts):
     prefix = xp.zeros((rows,), dtype=utype)
     need = xp.maximum(counts, 1)
     for bit in range(8 * scores.dtype.itemsize - 1, -1, -1):
-        cand = prefix | utype(1 << bit)
+        cand = prefix | xp.asarray(1 << bit, dtype=utype)
         prefix = xp.where(_count_at_least(u, cand, chunk) >= need, cand, prefix)
     return prefix.view(scores.dtype)
 
@@ -88,7 +91,7 @@ def top_k_per_row(scores, counts):
     keep = scores > thresh
     need = counts - _row_sums(keep)  # how many entries equal to the threshold to add per row
     equal = scores == thresh
-    if xp is not np and not bool((_row_sums(equal) > need).any()):
+    if not bool((_row_sums(equal) > need).any()):
         return keep | equal  # no row has more ties than places (the usual case): no scan needed
     order = xp.cumsum(equal.ravel() if rows == 1 else equal, axis=-1, dtype=xp.int32).reshape(rows, n)
     keep |= equal & (order <= need[:, None])

@@ -166,3 +166,16 @@ def test_pattern_not_a_string():
 def test_m_must_divide_the_input_dimension():
     with pytest.raises(ValueError, match="M=4 does not divide the input dimension 18"):
         parse_pattern("2:4").mask(np.ones((2, 18)), 0.5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 5000), (3, 9000), (40, 37)])
+def test_radix_select_matches_sort(rng, dtype, shape):
+    """The GPU's radix select (bitwise on float patterns, chunked counts), run on NumPy."""
+    from layerprune.problems.patterns import kth_largest_per_row
+
+    scores = np.abs(rng.standard_normal(shape)).astype(dtype)
+    scores[:, : shape[1] // 4] = scores[:, :1]  # many ties
+    counts = rng.integers(1, shape[1] + 1, size=shape[0])
+    radix = kth_largest_per_row(scores, counts, method="radix")
+    assert np.array_equal(radix, kth_largest_per_row(scores, counts, method="sort"))
