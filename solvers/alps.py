@@ -104,16 +104,18 @@ def _alps(
     clock.lap("seconds_setup")
     G, k = norm.G, norm.kept
 
-    # Persistent (out × in) buffers: G, V, Dv, X, T; every step below works in place.
-    # Dv also holds |X + V/ρ| while the projection's mask is chosen.
+    # State: Z = X + V/ρ and its support. Since V ← V + ρ(X − Dv) with Dv = P(Z),
+    # V/ρ = Z − Dv = Z ⊙ ¬mask, so Z alone carries both the split variable and the dual:
+    #   T ← G − V + ρ Dv = G + ρ (2 Dv − Z);   X ← T (Hn + ρI)⁻¹;   Z ← X + Z ⊙ ¬mask.
+    # Persistent (out × in) buffers: G, Z, X and one scratch T; every step works in place.
     def start():
-        X = norm.B
-        Dv, mask = norm.project(X)
-        return X, Dv, xp.zeros_like(X), mask
+        Z, mask = norm.project(norm.B)  # V = 0, Dv = P(B)
+        return Z, mask
 
     rho, rose, restarts = float(rho0), False, 0
-    X, Dv, V, mask = start()
-    T = xp.empty_like(X)
+    Z, mask = start()
+    X = xp.empty_like(Z)
+    T = xp.empty_like(Z)
     M = norm.inverse(rho)
     mask_at_check = mask
     history: list[dict] = []
@@ -121,18 +123,16 @@ def _alps(
     it = 0
     while it < max_iter:
         it += 1
-        xp.multiply(Dv, rho, out=T)  # T = G − V + ρ Dv
-        T += G
-        T -= V
-        xp.matmul(T, M, out=X)  # X = T (Hn + ρI)⁻¹
-        xp.divide(V, rho, out=T)  # T = X + V/ρ
-        T += X
-        xp.abs(T, out=Dv)
-        mask = norm.mask(Dv)
-        xp.multiply(T, mask, out=Dv)  # Dv = P(X + V/ρ)
-        xp.subtract(X, Dv, out=T)  # V += ρ (X − Dv)
+        xp.multiply(Z, mask, out=T)  # T = G + ρ (2 Dv − Z)
+        T *= 2.0
+        T -= Z
         T *= rho
-        V += T
+        T += G
+        xp.matmul(T, M, out=X)  # X = T (Hn + ρI)⁻¹
+        Z *= ~mask  # Z = X + V/ρ
+        Z += X
+        xp.abs(Z, out=T)
+        mask = norm.mask(T)  # Dv = P(Z) = Z ⊙ mask
         if it % check_every:
             continue
         changed = int(xp.count_nonzero(mask != mask_at_check))
@@ -140,7 +140,7 @@ def _alps(
         mask_at_check = mask
         entry = {"iteration": it, "rho": rho, "support_change": ratio, "changed": changed}
         if track_error:
-            entry["rel_error"] = norm.rel_error(Dv)
+            entry["rel_error"] = norm.rel_error(xp.multiply(Z, mask, out=T))
         history.append(entry)
         if changed == 0:
             if rose:
@@ -150,7 +150,7 @@ def _alps(
                 message = f"support frozen from the start after {restarts} restarts"
                 break
             rho, restarts = rho / 5.0, restarts + 1  # ρ was too large: restart smaller
-            X, Dv, V, mask = start()
+            Z, mask = start()
             mask_at_check = mask
             norm.inverse(rho, out=M)
             continue
@@ -160,15 +160,19 @@ def _alps(
         if use_tf32 and ratio <= 0.005:  # the support has nearly settled: finish in float32
             precision.set("float32")
             use_tf32 = False
-        rho *= rho_factors[0] if ratio > 0.1 else rho_factors[1] if ratio > 0.005 else rho_factors[2]
-        rose = True
-        rho = min(rho, rho_max)
+        new_rho = min(rho * (rho_factors[0] if ratio > 0.1 else rho_factors[1] if ratio > 0.005 else rho_factors[2]), rho_max)
+        # keep the dual V = ρ (Z − Dv) fixed across the change: Z ⊙ ¬mask scales by ρ_old/ρ_new
+        xp.multiply(Z, ~mask, out=T)
+        T *= rho / new_rho - 1.0
+        Z += T
+        rho, rose = new_rho, True
         norm.inverse(rho, out=M)
 
     precision.set("float32")
     clock.lap("seconds_admm")
     info = {"rho_final": rho, "restarts": restarts, "stop_reason": message}
-    del T, V, X  # free ADMM's buffers before the refit allocates its own
+    Dv = xp.multiply(Z, mask, out=Z)  # the projected iterate, feasible by construction
+    del T, X  # free ADMM's buffers before the refit allocates its own
     X = Dv
     if refit:
         X, refit_info = pcg_refit(norm, Dv, mask, refit_tol, refit_max_iter, hn_buffer=M)
