@@ -29,11 +29,15 @@ from layerprune.solvers.result import MethodOutput
 
 
 def pcg_refit(norm: NormalizedProblem, X, mask, tol: float | None, max_iter: int, hn_buffer=None):
-    """PCG refit of X on ``mask``; returns (X, info). Keeps X if rounding made the fit worse."""
+    """PCG refit of X on ``mask``, in place; returns (X, info).
+
+    CG from a warm start decreases the objective monotonically (up to rounding), so
+    ADMM's point is not kept aside; ``info`` records the error before and after.
+    """
     tol = tol if tol is not None else (1e-10 if norm.dtype.itemsize >= 8 else 1e-5)
     before = norm.rel_error(X)
     Hn = norm.hn(out=hn_buffer)
-    X_fit, pcg = masked_pcg(Hn, norm.G, mask, X, norm.xp, tol=tol, max_iter=max_iter)
+    X_fit, pcg = masked_pcg(Hn, norm.G, mask, X, norm.xp, tol=tol, max_iter=max_iter, inplace=True)
     after = norm.rel_error(X_fit)
     info = {
         "admm_rel_error": before,
@@ -42,7 +46,7 @@ def pcg_refit(norm: NormalizedProblem, X, mask, tol: float | None, max_iter: int
         "refit_residual": pcg.residual,
         "refit_converged": pcg.converged,
     }
-    return (X_fit if after <= before else X), info
+    return X_fit, info
 
 
 @register("alps")

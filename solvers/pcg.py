@@ -23,36 +23,42 @@ class PCGInfo:
     converged: bool
 
 
-def masked_pcg(Hn, G, mask, X0, xp, tol: float = 1e-6, max_iter: int = 200, precond=None):
+def masked_pcg(Hn, G, mask, X0, xp, tol: float = 1e-6, max_iter: int = 200, precond=None, inplace: bool = False):
     """Solve mask ⊙ (X Hn) = mask ⊙ G for X supported on ``mask``, warm-started at X0.
 
     Hn: (in × in) SPD; G, mask, X0: (out × in). ``precond`` (in,) is a diagonal
     (Jacobi) preconditioner, 1/diag(Hn); None means identity (unit diagonal).
+    ``inplace`` overwrites X0 with the solution (one weight-sized buffer fewer).
     Returns (X, PCGInfo). Rows are independent systems with their own α, β.
     """
-    X = X0 * mask
-    R = G - X @ Hn
+    X = X0 if inplace else X0.copy()
+    X *= mask
+    R = xp.matmul(X, Hn)
+    xp.subtract(G, R, out=R)
     R *= mask
     g_norm = float(xp.linalg.norm(G * mask))
     if g_norm == 0.0:
-        return xp.zeros_like(X), PCGInfo(0, 0.0, True)
+        X[...] = 0
+        return X, PCGInfo(0, 0.0, True)
     Z = R if precond is None else R * precond[None, :]
     P = Z.copy()
+    AP = xp.empty_like(P)
     rz = xp.sum(R * Z, axis=1)
     tiny = xp.finfo(G.dtype).tiny
     res = float(xp.linalg.norm(R)) / g_norm
     it = 0
     while res > tol and it < max_iter:
-        AP = P @ Hn
+        xp.matmul(P, Hn, out=AP)
         AP *= mask
         pAp = xp.sum(P * AP, axis=1)
-        alpha = xp.where(pAp > tiny, rz / xp.maximum(pAp, tiny), 0.0).astype(G.dtype)
-        X += alpha[:, None] * P
-        R -= alpha[:, None] * AP
+        alpha = xp.where(pAp > tiny, rz / xp.maximum(pAp, tiny), 0.0).astype(G.dtype)[:, None]
+        X += alpha * P
+        R -= alpha * AP
         Z = R if precond is None else R * precond[None, :]
         rz_new = xp.sum(R * Z, axis=1)
-        beta = xp.where(rz > tiny, rz_new / xp.maximum(rz, tiny), 0.0).astype(G.dtype)
-        P = Z + beta[:, None] * P
+        beta = xp.where(rz > tiny, rz_new / xp.maximum(rz, tiny), 0.0).astype(G.dtype)[:, None]
+        P *= beta
+        P += Z
         rz = rz_new
         it += 1
         res = float(xp.linalg.norm(R)) / g_norm
