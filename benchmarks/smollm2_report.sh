@@ -3,11 +3,14 @@
 #   1. `layerprune capture`: the layer problems (Ŵ, H = XᵀX/n) of three blocks — first, middle,
 #      last (0, 15, 29) — from 128 × 2048 tokens of the Wikipedia calibration text;
 #   2. `layerprune compare`: every method at 50–90% unstructured sparsity and at 2:4, with
-#      certified lower bounds, into report.md / report.html / PNGs / results.csv.
+#      certified lower bounds, into report.md / report.html / PNGs / results.csv;
+#   3. benchmarks/real_slices.py: the same methods on 8×16 and 64×128 slices of those layers
+#      (real activation statistics), where the bounds are exact optima or the perspective
+#      relaxation rather than the weak diagonal bound that full layers get, into OUTPUT/slices/.
 #
 #   bash benchmarks/smollm2_report.sh [OUTPUT]          (default reports/smollm2)
 #
-# Environment: LAYERPRUNE (the command, default .venv/bin/layerprune), BLOCKS (0,15,29),
+# Environment: LAYERPRUNE (the command, default .venv/bin/layerprune), PYTHON, BLOCKS (0,15,29),
 # NSAMPLES (128), SEQLEN (2048), METHODS (alps,sparsegpt,wanda,magnitude), SPARSITY
 # (0.5,0.6,0.7,0.8,0.9), PATTERNS (unstructured,2:4), DEVICE (where capture runs the blocks:
 # cpu|cuda), SOLVER_DEVICE (where compare solves: cpu|cuda, default GPU when CuPy sees one).
@@ -30,4 +33,6 @@ fi
 "$LP" compare "$PROBLEMS" --methods "${METHODS:-alps,sparsegpt,wanda,magnitude}" \
   --sparsity "${SPARSITY:-0.5,0.6,0.7,0.8,0.9}" --patterns "${PATTERNS:-unstructured,2:4}" \
   --output "$OUT" --resume ${SOLVER_DEVICE:+--device "$SOLVER_DEVICE"}
-echo "report: $OUT/report.md, $OUT/report.html"
+"${PYTHON:-.venv/bin/python}" benchmarks/real_slices.py "$PROBLEMS" "$OUT/slices" \
+  --methods "${METHODS:-alps,sparsegpt,wanda,magnitude}" --resume
+echo "reports: $OUT/report.md, $OUT/report.html, $OUT/slices/report.md"
