@@ -1,0 +1,269 @@
+"""The ``layerprune`` command line: prune, eval, capture, solve, compare, demo.
+
+    layerprune prune   --model smollm2 --method alps --sparsity 0.7 [--pattern 2:4] --calib wiki --nsamples 128 --seqlen 2048 --output DIR
+    layerprune eval    --model DIR --text wiki-test
+    layerprune capture --model smollm2 --calib wiki --layers 0,15,29 --output problems/
+    layerprune solve   problems/layer.npz --method alps --sparsity 0.8
+    layerprune compare problems/ --methods alps,sparsegpt,wanda,magnitude --sparsity 0.5,0.6,0.7,0.8,0.9 --output report/
+    layerprune demo
+
+Nothing is downloaded: models and text come from installed packages or local paths.
+Bad inputs end with one ``layerprune: error: …`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from layerprune.layerwise.errors import LayerwiseError
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_options(items: list[str] | None) -> dict:
+    """``["max_iter=100", "refit=false"]`` → ``{"max_iter": 100, "refit": False}`` (values read as JSON)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LayerwiseError(f"--option needs KEY=VALUE, got {item!r}")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LayerwiseError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _add_device(p: argparse.ArgumentParser, threads: int | None = None) -> None:
+    p.add_argument("--device", default="cpu", help="where blocks (and evaluation) run: cpu, cuda, cuda:1 … (default cpu)")
+    p.add_argument("--threads", type=int, default=threads,
+                   help="CPU threads for torch and BLAS (default: " + ("all" if threads is None else str(threads)) + ")")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layerprune", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prune", help="prune a model block by block, evaluate it, save it")
+    p.add_argument("--model", required=True, help="HF folder, .gguf file, or 'smollm2'")
+    p.add_argument("--method", default="alps", help="alps, sparsegpt, wanda, magnitude, … (default alps)")
+    p.add_argument("--sparsity", type=float, default=None, help="fraction of weights removed, in [0, 1) (implied by N:M)")
+    p.add_argument("--pattern", default="unstructured", help="unstructured, row, or N:M such as 2:4")
+    p.add_argument("--calib", default="wiki", help="'wiki', or a text file/folder (default wiki)")
+    p.add_argument("--nsamples", type=int, default=128, help="calibration segments (default 128)")
+    p.add_argument("--seqlen", type=int, default=2048, help="tokens per segment and per evaluation window (default 2048)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--damping", type=float, default=0.01, help="λ = damping · mean(diag H) (default 0.01)")
+    p.add_argument("--output", required=True, help="folder for the pruned model (written atomically)")
+    p.add_argument("--text", default="wiki-test", help="evaluation text: 'wiki-test' or a file/folder")
+    p.add_argument("--eval-tokens", type=int, default=None, help="evaluate on the first N tokens only (CPU runs)")
+    p.add_argument("--no-eval", action="store_true", help="skip the dense and pruned perplexity")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished block")
+    p.add_argument("--log", default=None, help="also write the JSON run log here")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per block forward (default 8)")
+    p.add_argument("--solver-device", default=None, help="where the solver runs (default: cuda when --device is a GPU)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. max_iter=100 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device(p)
+
+    p = sub.add_parser("eval", help="perplexity of a model on a text")
+    p.add_argument("--model", required=True)
+    p.add_argument("--text", default="wiki-test")
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--max-tokens", type=int, default=None, help="evaluate on the first N tokens only")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--quiet", action="store_true")
+    _add_device(p)
+
+    p = sub.add_parser("capture", help="save LayerProblem files of chosen blocks (dense activations)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--calib", default="wiki")
+    p.add_argument("--layers", required=True, help="block numbers, e.g. 0,15,29 (negatives count from the end), or all")
+    p.add_argument("--output", required=True, help="folder for the .npz problem files")
+    p.add_argument("--nsamples", type=int, default=128)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sparsity", type=float, default=0.7, help="sparsity stored in the files (solve/compare override it)")
+    p.add_argument("--pattern", default="unstructured")
+    p.add_argument("--damping", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=8)
+    _add_device(p)
+
+    p = sub.add_parser("solve", help="solve one saved problem file and print the result")
+    p.add_argument("problem", help="a .npz written by LayerProblem.save / layerprune capture")
+    p.add_argument("--method", default="alps")
+    p.add_argument("--sparsity", type=float, default=None, help="override the file's sparsity")
+    p.add_argument("--pattern", default=None, help="override the file's pattern")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: GPU when CuPy sees one)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--output", default=None, help="write the pruned weight and mask to this .npz")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("compare", help="methods × sparsities × patterns on a folder of problems (a report)")
+    p.add_argument("problem_dir")
+    p.add_argument("--methods", default="alps,sparsegpt,wanda,magnitude")
+    p.add_argument("--sparsity", default="0.5,0.6,0.7,0.8,0.9")
+    p.add_argument("--patterns", "--pattern", dest="patterns", default="unstructured")
+    p.add_argument("--output", required=True)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", default=None)
+
+    p = sub.add_parser("demo", help="prune SmolLM2 at 70%% with alps, sparsegpt, wanda on CPU; print a table")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--methods", default="alps,sparsegpt,wanda")
+    p.add_argument("--sparsity", type=float, default=0.7)
+    p.add_argument("--pattern", default="unstructured")
+    p.add_argument("--nsamples", type=int, default=None, help="calibration segments (default 16)")
+    p.add_argument("--seqlen", type=int, default=None, help="tokens per segment and window (default 512)")
+    p.add_argument("--eval-tokens", type=int, default=None, help="evaluation tokens (default 8192)")
+    p.add_argument("--output", default=None, help="also write the results as JSON here")
+    p.add_argument("--quiet", action="store_true")
+    _add_device(p, threads=1)  # one thread is 2-3x faster on a shared 2-core machine (layerwise/threads.py)
+    return parser
+
+
+# -- commands ------------------------------------------------------------------------------
+def cmd_prune(a: argparse.Namespace) -> int:
+    from layerprune.layerwise.pipeline import run_prune
+
+    rec = run_prune(
+        a.model, a.output, method=a.method, sparsity=a.sparsity, pattern=a.pattern, calib=a.calib,
+        nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed, damping=a.damping, device=a.device,
+        solver_device=a.solver_device, batch_size=a.batch_size, options=parse_options(a.option),
+        eval_text=None if a.no_eval else a.text, eval_tokens=a.eval_tokens, resume=a.resume, log=a.log,
+        progress=not a.quiet,
+    )
+    line = f"pruned {len(rec['layers'])} layers to sparsity {rec['sparsity']:.4f} ({rec['pattern']}) with {rec['method']}"
+    line += f", mean relative error {rec['mean_relative_error']:.4g}, {rec['seconds_total'] / 60:.1f} min"
+    print(line)
+    if "perplexity" in rec:
+        print(f"perplexity {rec['perplexity']:.3f} (dense {rec['dense_perplexity']:.3f}) on {rec['eval_tokens_used']} tokens")
+    print(f"saved to {a.output}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from layerprune.layerwise.pipeline import run_eval
+
+    r = run_eval(a.model, a.text, seqlen=a.seqlen, max_tokens=a.max_tokens, device=a.device,
+                 batch_size=a.batch_size, progress=not a.quiet)
+    print(f"perplexity {r['perplexity']:.3f} on {r['tokens']} tokens of {r['text']} (windows of {r['seqlen']})")
+    return 0
+
+
+def cmd_capture(a: argparse.Namespace) -> int:
+    from layerprune.layerwise.capture import capture_problems
+    from layerprune.layerwise.data import calibration_segments
+    from layerprune.layerwise.driver import check_seqlen
+    from layerprune.layerwise.models import load_model, resolve_model
+
+    resolve_model(a.model)
+    model, tokenizer = load_model(a.model)
+    check_seqlen(model, a.seqlen)
+    ids = calibration_segments(tokenizer, a.calib, a.nsamples, a.seqlen, a.seed)
+    paths = capture_problems(model, ids, a.layers, a.output, sparsity=a.sparsity, pattern=a.pattern,
+                             damping=a.damping, device=a.device, batch_size=a.batch_size)
+    print(f"wrote {len(paths)} problem files to {a.output}")
+    return 0
+
+
+def cmd_solve(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from layerprune import LayerProblem, solve
+
+    if not os.path.isfile(a.problem):
+        raise LayerwiseError(f"no problem file at {a.problem!r}")
+    if a.sparsity is not None and not 0.0 <= a.sparsity < 1.0:
+        raise LayerwiseError(f"sparsity must be in [0, 1), got {a.sparsity}")
+    problem = LayerProblem.load(a.problem, sparsity=a.sparsity, pattern=a.pattern)
+    r = solve(problem, a.method, device=a.device, **parse_options(a.option))
+    summary = {
+        "problem": a.problem, "name": problem.name, "shape": list(problem.shape), "method": r.method,
+        "pattern": r.pattern, "target_sparsity": problem.sparsity, "sparsity": r.sparsity,
+        "objective": r.objective, "relative_error": r.relative_error, "seconds": r.seconds,
+        "iterations": r.iterations, "device": r.device, "message": r.message,
+    }
+    if a.output:
+        np.savez(a.output, weight=r.weight, mask=r.mask, summary=np.array(json.dumps(summary)))
+    if a.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(repr(problem))
+        print(f"{r.method}: relative error {r.relative_error:.6g}, objective {r.objective:.6g}, sparsity {r.sparsity:.4f}, "
+              f"{r.seconds:.3f} s, {r.iterations} iterations on {r.device} ({r.message})")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    if not os.path.isdir(a.problem_dir):
+        raise LayerwiseError(f"problem folder {a.problem_dir!r} does not exist")
+    try:
+        from layerprune.reports import compare_problems
+    except ImportError as e:
+        raise LayerwiseError(f"the comparison report (layerprune.reports.compare_problems) is not available: {e}") from e
+    sparsities = _floats(a.sparsity)
+    for s in sparsities:
+        if not 0.0 <= s < 1.0:
+            raise LayerwiseError(f"sparsity must be in [0, 1), got {s}")
+    compare_problems(a.problem_dir, _names(a.methods), sparsities, _names(a.patterns), a.output,
+                     resume=a.resume, device=a.device)
+    print(f"report written to {a.output}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from layerprune.layerwise.pipeline import DEMO_DEFAULTS, _write_json, run_demo
+
+    result = run_demo(
+        a.model, tuple(_names(a.methods)), sparsity=a.sparsity, pattern=a.pattern,
+        nsamples=a.nsamples or DEMO_DEFAULTS["nsamples"], seqlen=a.seqlen or DEMO_DEFAULTS["seqlen"],
+        eval_tokens=a.eval_tokens or DEMO_DEFAULTS["eval_tokens"], device=a.device, progress=not a.quiet,
+    )
+    if a.output:
+        _write_json(a.output, result)
+    return 0
+
+
+COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "capture": cmd_capture, "solve": cmd_solve,
+            "compare": cmd_compare, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``layerprune`` console script; returns the exit status."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded, ever
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    from layerprune.layerwise.threads import limit_threads
+
+    try:
+        with limit_threads(getattr(args, "threads", None)):
+            return COMMANDS[args.command](args)
+    except (LayerwiseError, ValueError, FileNotFoundError) as e:
+        print(f"layerprune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = " (run the same command with --resume to continue)" if args.command == "prune" else ""
+        print(f"layerprune: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

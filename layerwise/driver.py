@@ -1,0 +1,320 @@
+"""The sequential block-by-block pruner.
+
+For block ℓ = 0, 1, …, with X_ℓ its calibration inputs (the *pruned* model's, from block ℓ−1):
+
+1. run the block on X_ℓ with forward hooks: each linear's H = XᵀX / n (float32, in × in);
+2. one ``LayerProblem(Ŵ, H, sparsity, pattern, damping)`` per linear (embeddings and the LM
+   head are not in any block, so they are skipped, as in SparseGPT/Wanda/ALPS);
+3. layers with the same input (q/k/v; gate/up) are solved by ``solve_many`` with one shared
+   cache, so the factorization of their common H (ALPS's eigendecomposition, SparseGPT's
+   Cholesky factor) is computed once;
+4. the pruned weights are written back and the *pruned* block is run on X_ℓ: X_{ℓ+1}.
+
+With a checkpoint folder, after every block the pruned weights of that block
+(``block_XXXX.safetensors``) and X_{ℓ+1} (``inputs_XXXX.pt``) are written, then
+``state.json`` (the run log so far) is replaced atomically to point at them; ``resume``
+reloads the pruned blocks and X_{ℓ+1} and goes on, with exactly the computation an
+uninterrupted run would do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from layerprune.layerwise.blocks import BlockInputs, capture_inputs, collect_hessians, run_block, share_groups
+from layerprune.layerwise.errors import LayerwiseError
+from layerprune.layerwise.models import block_linears, context_length, find_blocks
+from layerprune.problems import LayerProblem, parse_pattern
+from layerprune.solvers import get_method, solve_many
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class PruneSettings:
+    """What to prune and how.
+
+    method : a registered method (``layerprune.available_methods()``).
+    sparsity : fraction removed per layer in [0, 1); None for N:M patterns (1 − N/M).
+    pattern : "unstructured", "row" or "N:M".
+    damping : λ = damping · mean(diag H).
+    device : where each block runs while it is pruned ("cpu", "cuda", …).
+    solver_device : where the solver runs ("cpu"/"cuda"; None: "cuda" when ``device`` is a GPU).
+    batch_size : calibration sequences per block forward.
+    options : passed to the method (e.g. ``{"max_iter": 100}`` for ALPS).
+    """
+
+    method: str = "alps"
+    sparsity: float | None = None
+    pattern: str = "unstructured"
+    damping: float = 0.01
+    device: str = "cpu"
+    solver_device: str | None = None
+    batch_size: int = 8
+    options: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        get_method(self.method)  # ValueError naming the known methods
+        try:
+            pat = parse_pattern(self.pattern)
+        except ValueError as e:
+            raise LayerwiseError(str(e)) from e
+        implied = pat.implied_sparsity()
+        if self.sparsity is None:
+            if implied is None:
+                raise LayerwiseError(f"--sparsity is required for pattern {pat.name!r}")
+            self.sparsity = implied
+        s = float(self.sparsity)
+        if not 0.0 <= s < 1.0 or s != s:
+            raise LayerwiseError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
+        if implied is not None and abs(s - implied) > 1e-9:
+            raise LayerwiseError(f"pattern {pat.name} fixes the sparsity at {implied:g}; got sparsity={s:g}")
+        self.sparsity = s
+        if self.damping < 0:
+            raise LayerwiseError(f"damping must be ≥ 0, got {self.damping}")
+        if self.batch_size < 1:
+            raise LayerwiseError(f"batch_size must be ≥ 1, got {self.batch_size}")
+
+    @property
+    def solve_device(self) -> str:
+        if self.solver_device is not None:
+            return self.solver_device
+        return "cuda" if str(self.device).startswith("cuda") else "cpu"
+
+
+def check_seqlen(model: nn.Module, seqlen: int) -> None:
+    """A clear error when seqlen exceeds the model's context (or is too short)."""
+    if seqlen < 2:
+        raise LayerwiseError(f"seqlen must be ≥ 2, got {seqlen}")
+    ctx = context_length(model)
+    if ctx is not None and seqlen > ctx:
+        raise LayerwiseError(f"seqlen {seqlen} is longer than the model's context of {ctx} tokens")
+
+
+def fingerprint(model: nn.Module, calib: torch.Tensor, settings: PruneSettings) -> str:
+    """Identifies a run: settings, calibration ids, the model's config and its block-0 weights."""
+    h = hashlib.sha256()
+    h.update(json.dumps(asdict(settings), sort_keys=True, default=str).encode())
+    h.update(calib.to(torch.int64).cpu().numpy().tobytes())
+    config = getattr(model, "config", None)
+    if config is not None:
+        h.update(config.to_json_string(use_diff=False).encode())
+    _, blocks = find_blocks(model)
+    for name, lin in block_linears(blocks[0]).items():
+        h.update(name.encode())
+        h.update(lin.weight.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+# -- checkpoints ---------------------------------------------------------------------
+def _atomic_write_bytes(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Checkpoint:
+    """A folder holding a run's progress: pruned blocks, next inputs, ``state.json``."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    @property
+    def state_path(self) -> Path:
+        return self.folder / "state.json"
+
+    def exists(self) -> bool:
+        return self.state_path.is_file()
+
+    def check_resumable(self, resume: bool) -> None:
+        """An existing checkpoint is continued only when asked to (never silently overwritten)."""
+        if self.exists() and not resume:
+            raise LayerwiseError(
+                f"a checkpoint of an interrupted run is in {self.folder}: pass --resume to continue it, or delete it"
+            )
+
+    def read_state(self) -> dict:
+        with open(self.state_path, encoding="utf-8") as f:
+            state = json.load(f)
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise LayerwiseError(f"checkpoint {self.folder} has format {state.get('version')}, not {CHECKPOINT_VERSION}")
+        return state
+
+    def save_block(self, index: int, block: nn.Module, next_inputs: BlockInputs, state: dict) -> None:
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        weights = {f"{name}.weight": lin.weight.detach().cpu().contiguous() for name, lin in block_linears(block).items()}
+        _atomic_write_bytes(self.folder / f"block_{index:04d}.safetensors", lambda p: save_file(weights, p))
+        hidden = [h.detach().cpu() for h in next_inputs.hidden]
+        inputs_name = f"inputs_{index + 1:04d}.pt"
+        _atomic_write_bytes(self.folder / inputs_name, lambda p: torch.save(hidden, p))
+        state = dict(state, version=CHECKPOINT_VERSION, next_block=index + 1, inputs=inputs_name)
+        _atomic_write_bytes(
+            self.state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1), encoding="utf-8")
+        )
+        for old in self.folder.glob("inputs_*.pt"):
+            if old.name != inputs_name:
+                old.unlink(missing_ok=True)
+
+    def restore(self, blocks: nn.ModuleList, state: dict, extras_from: BlockInputs, device: Any) -> BlockInputs:
+        """Load pruned blocks 0 … next−1 into ``blocks`` and return the saved inputs of block ``next``."""
+        from safetensors.torch import load_file
+
+        for index in range(state["next_block"]):
+            saved = load_file(str(self.folder / f"block_{index:04d}.safetensors"))
+            linears = block_linears(blocks[index])
+            for key, value in saved.items():
+                linears[key[: -len(".weight")]].weight.data.copy_(value)
+        hidden = torch.load(self.folder / state["inputs"], map_location=device, weights_only=True)
+        if len(hidden) != len(extras_from.hidden):
+            raise LayerwiseError(f"checkpoint {self.folder}: saved inputs do not match the calibration batches")
+        return BlockInputs(list(hidden), extras_from.extras)
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# -- the driver ------------------------------------------------------------------------
+def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], settings: PruneSettings, index: int,
+                 on_layer=None) -> list[dict]:
+    """Prune every linear of one block in place; one log entry per layer."""
+    linears = block_linears(block)
+    entries = []
+    solver_dev = settings.solve_device
+    for gi, group in enumerate(share_groups(hessians)):
+        H = hessians[group[0]]
+        H = H if solver_dev == "cuda" else H.cpu()
+        problems = [
+            LayerProblem(
+                weight=linears[name].weight.detach().to(device=H.device, dtype=torch.float32).clone(),
+                hessian=H,
+                sparsity=settings.sparsity,
+                pattern=settings.pattern,
+                damping=settings.damping,
+                name=f"block{index}.{name}",
+            )
+            for name in group
+        ]
+        results = solve_many(problems, settings.method, cache={}, device=solver_dev, **settings.options)
+        for name, problem, r in zip(group, problems, results):
+            lin = linears[name]
+            lin.weight.data.copy_(torch.as_tensor(r.weight).to(device=lin.weight.device, dtype=lin.weight.dtype))
+            nonzero = int((lin.weight != 0).sum())
+            entry = {
+                "block": index,
+                "layer": name,
+                "shape": list(problem.shape),
+                "group": gi,
+                "relative_error": float(r.relative_error),
+                "objective": float(r.objective),
+                "sparsity": 1.0 - nonzero / lin.weight.numel(),
+                "kept": nonzero,
+                "target_kept": int(problem.kept),
+                "seconds": float(r.seconds),
+                "iterations": int(r.iterations),
+                "message": r.message,
+            }
+            entries.append(entry)
+            if on_layer is not None:
+                on_layer(entry)
+    return entries
+
+
+def prune_model(
+    model: nn.Module,
+    calib: torch.Tensor,
+    settings: PruneSettings,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    after_block=None,
+    extra_state: dict | None = None,
+) -> dict:
+    """Prune every linear layer inside the model's blocks, in place, block by block.
+
+    calib : (nsamples × seqlen) calibration token ids.
+    checkpoint : folder for per-block checkpoints (None: none). An existing checkpoint
+        is continued with ``resume=True`` and is an error otherwise.
+    after_block : called as ``after_block(index)`` after each block is checkpointed (tests
+        use it to simulate a crash).
+    extra_state : kept in the checkpoint's ``state.json`` (e.g. the dense perplexity).
+    Returns the run log: settings, per-layer entries, seconds.
+    """
+    from tqdm.auto import tqdm
+
+    settings.validate()
+    if calib.ndim != 2 or calib.numel() == 0:
+        raise LayerwiseError(f"calibration ids must be a non-empty (nsamples × seqlen) tensor, got {tuple(calib.shape)}")
+    check_seqlen(model, int(calib.shape[1]))
+    path, blocks = find_blocks(model)
+    device = torch.device(settings.device)
+    ckpt = Checkpoint(checkpoint) if checkpoint is not None else None
+    fp = fingerprint(model, calib, settings)
+    layers: list[dict] = []
+    start, seconds_before = 0, 0.0
+
+    t0 = time.perf_counter()
+    inputs = capture_inputs(model, calib, settings.batch_size, device)
+    if ckpt is not None and ckpt.exists():
+        ckpt.check_resumable(resume)
+        state = ckpt.read_state()
+        if state.get("fingerprint") != fp:
+            raise LayerwiseError(
+                f"the checkpoint in {ckpt.folder} belongs to another run (model, calibration or settings differ); "
+                "delete it to start over"
+            )
+        inputs = ckpt.restore(blocks, state, inputs, device)
+        start, layers, seconds_before = state["next_block"], list(state["layers"]), float(state.get("seconds", 0.0))
+
+    bar = tqdm(range(start, len(blocks)), initial=start, total=len(blocks), unit="block",
+               desc=f"{settings.method} {settings.pattern} {settings.sparsity:g}", disable=not progress)
+    for index in bar:
+        block = blocks[index]
+        home = next(block.parameters()).device
+        block.to(device)
+        hessians, _ = collect_hessians(block, inputs, device)
+        _solve_block(block, hessians, settings, index,
+                     on_layer=lambda e: (layers.append(e), bar.set_postfix(layer=e["layer"], rel_err=f"{e['relative_error']:.4f}", refresh=False)))
+        del hessians
+        inputs = run_block(block, inputs)  # the pruned block's outputs feed the next block
+        block.to(home)
+        if ckpt is not None:
+            ckpt.save_block(index, block, inputs, {
+                **(extra_state or {}), "fingerprint": fp, "model_blocks": path, "layers": layers,
+                "seconds": seconds_before + time.perf_counter() - t0, "settings": asdict(settings),
+            })
+        if after_block is not None:
+            after_block(index)
+    bar.close()
+    return {
+        "settings": asdict(settings),
+        "nsamples": int(calib.shape[0]),
+        "seqlen": int(calib.shape[1]),
+        "blocks": len(blocks),
+        "block_path": path,
+        "layers": layers,
+        "mean_relative_error": sum(e["relative_error"] for e in layers) / max(len(layers), 1),
+        "sparsity": 1.0 - sum(e["kept"] for e in layers) / max(sum(e["shape"][0] * e["shape"][1] for e in layers), 1),
+        "seconds": seconds_before + time.perf_counter() - t0,
+    }

@@ -1,0 +1,216 @@
+"""The block-by-block driver on tiny random models of four families."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from layerwise_tiny import FAMILIES, byte_tokenizer, one_thread, tiny_model, tiny_text  # noqa: F401
+
+from layerprune.layerwise import data
+from layerprune.layerwise.driver import Checkpoint, PruneSettings, prune_model
+from layerprune.layerwise.errors import LayerwiseError
+from layerprune.layerwise.models import block_linears, find_blocks, save_model
+from layerprune.layerwise.perplexity import perplexity
+from layerprune.problems import parse_pattern
+
+SEQLEN = 32
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return data.token_stream(byte_tokenizer(), [tiny_text(3000)])
+
+
+@pytest.fixture(scope="module")
+def calib(stream):
+    return data.sample_segments(stream, 8, SEQLEN, seed=0)
+
+
+def _linears(model):
+    _, blocks = find_blocks(model)
+    return {f"{i}.{n}": lin for i, b in enumerate(blocks) for n, lin in block_linears(b).items()}
+
+
+def _outside_blocks(model):
+    _, blocks = find_blocks(model)
+    inside = {id(p) for p in blocks.parameters()}
+    return {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in inside}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_linear_is_pruned_to_the_exact_target(family, calib, stream, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(family)
+    before = _outside_blocks(model)
+    log = prune_model(model, calib, PruneSettings(method="sparsegpt", sparsity=0.6, batch_size=3), progress=False)
+    linears = _linears(model)
+    assert len(log["layers"]) == len(linears) and len(linears) >= 8
+    for name, lin in linears.items():
+        kept = parse_pattern("unstructured").kept_per_layer(tuple(lin.weight.shape), 0.6)
+        assert int((lin.weight != 0).sum()) == kept, name
+    for e in log["layers"]:
+        assert e["kept"] == e["target_kept"] and 0 <= e["relative_error"] < 1 and e["seconds"] >= 0
+    after = _outside_blocks(model)  # embeddings, norms and the LM head are left alone
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+    out = save_model(model, byte_tokenizer(), tmp_path / "pruned")
+    reloaded = AutoModelForCausalLM.from_pretrained(out, local_files_only=True, attn_implementation="eager").eval()
+    ids = calib[:2]
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-5, rtol=1e-5)
+    sd, rd = model.state_dict(), reloaded.state_dict()
+    for k in rd:
+        assert torch.equal(sd[k], rd[k]), k
+    assert perplexity(reloaded, stream, SEQLEN, max_tokens=1024) == pytest.approx(
+        perplexity(model, stream, SEQLEN, max_tokens=1024), rel=1e-6
+    )
+
+
+def test_layers_with_one_input_share_a_factorization(calib, monkeypatch):
+    import layerprune.layerwise.driver as driver
+
+    calls = []
+    real = driver.solve_many
+    monkeypatch.setattr(driver, "solve_many", lambda problems, *a, **k: calls.append([p.name for p in problems]) or real(problems, *a, **k))
+    prune_model(tiny_model("llama"), calib, PruneSettings(method="sparsegpt", sparsity=0.5), progress=False)
+    assert ["block0.self_attn.q_proj", "block0.self_attn.k_proj", "block0.self_attn.v_proj"] in calls
+    assert ["block0.mlp.gate_proj", "block0.mlp.up_proj"] in calls
+    assert ["block0.mlp.down_proj"] in calls and len(calls) == 8
+
+
+def test_two_four_pattern(calib):
+    model = tiny_model("qwen2")
+    log = prune_model(model, calib, PruneSettings(method="wanda", pattern="2:4"), progress=False)
+    assert log["settings"]["sparsity"] == 0.5
+    for name, lin in _linears(model).items():
+        groups = (lin.weight != 0).reshape(lin.weight.shape[0], -1, 4).sum(-1)
+        assert int(groups.max()) <= 2 and int((lin.weight != 0).sum()) == lin.weight.numel() // 2, name
+
+
+def test_alps_prunes_a_tiny_model_better_than_magnitude(calib):
+    errs = {}
+    for method in ("alps", "magnitude"):
+        log = prune_model(tiny_model("llama"), calib, PruneSettings(method=method, sparsity=0.7), progress=False)
+        errs[method] = log["mean_relative_error"]
+        assert abs(log["sparsity"] - 0.7) < 1e-3
+    assert errs["alps"] < errs["magnitude"]
+
+
+def test_pruned_outputs_feed_the_next_block(calib, monkeypatch):
+    """Block 1's Hessians come from the pruned block 0, not the dense one."""
+    import layerprune.layerwise.driver as driver
+
+    seen = []
+    real = driver.collect_hessians
+    monkeypatch.setattr(driver, "collect_hessians", lambda block, inputs, *a, **k: seen.append(torch.cat(inputs.hidden)) or real(block, inputs, *a, **k))
+    model = tiny_model("llama")
+    dense = copy.deepcopy(model)
+    prune_model(model, calib, PruneSettings(method="magnitude", sparsity=0.8), progress=False)
+    _, dense_blocks = find_blocks(dense)
+    _, blocks = find_blocks(model)
+    from layerprune.layerwise.blocks import capture_inputs, run_block
+
+    x0 = capture_inputs(dense, calib, 8)
+    assert torch.equal(torch.cat(x0.hidden), seen[0])
+    assert torch.allclose(torch.cat(run_block(blocks[0], x0).hidden), seen[1])
+    assert not torch.allclose(torch.cat(run_block(dense_blocks[0], x0).hidden), seen[1])
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _crash_after(n):
+    def hook(index):
+        if index == n:
+            raise Crash(f"simulated crash after block {index}")
+
+    return hook
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "alps"])
+def test_resume_equals_an_uninterrupted_run(method, calib, tmp_path):
+    settings = dict(method=method, sparsity=0.6, batch_size=3)
+    if method == "alps":
+        settings["options"] = {"max_iter": 30}
+    full = tiny_model("llama", layers=3)
+    log_full = prune_model(full, calib, PruneSettings(**settings), progress=False)
+
+    ckpt = tmp_path / "ckpt"
+    part = tiny_model("llama", layers=3)
+    with pytest.raises(Crash):
+        prune_model(part, calib, PruneSettings(**settings), checkpoint=ckpt, after_block=_crash_after(1), progress=False)
+    assert Checkpoint(ckpt).read_state()["next_block"] == 2
+    with pytest.raises(LayerwiseError, match="--resume"):
+        prune_model(tiny_model("llama", layers=3), calib, PruneSettings(**settings), checkpoint=ckpt, progress=False)
+
+    resumed = tiny_model("llama", layers=3)  # a fresh process: the dense model again
+    calls = []
+    log = prune_model(resumed, calib, PruneSettings(**settings), checkpoint=ckpt, resume=True,
+                      after_block=calls.append, progress=False)
+    assert calls == [2]
+    sd_full, sd = full.state_dict(), resumed.state_dict()
+    for k in sd_full:
+        assert torch.equal(sd_full[k], sd[k]), k
+    strip = [{k: v for k, v in e.items() if k != "seconds"} for e in log["layers"]]
+    assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in log_full["layers"]]
+
+
+def test_crash_inside_a_block_resumes_from_the_last_finished_one(calib, tmp_path, monkeypatch):
+    import layerprune.layerwise.driver as driver
+
+    full = tiny_model("opt")
+    prune_model(full, calib, PruneSettings(method="sparsegpt", sparsity=0.5), progress=False)
+    real, count = driver.solve_many, {"n": 0}
+
+    def flaky(problems, *a, **k):
+        count["n"] += 1
+        if problems[0].name.startswith("block1.") and count["n"] > 5:
+            raise Crash("died while solving block 1")
+        return real(problems, *a, **k)
+
+    monkeypatch.setattr(driver, "solve_many", flaky)
+    part = tiny_model("opt")
+    with pytest.raises(Crash):
+        prune_model(part, calib, PruneSettings(method="sparsegpt", sparsity=0.5), checkpoint=tmp_path / "c", progress=False)
+    monkeypatch.setattr(driver, "solve_many", real)
+    resumed = tiny_model("opt")
+    prune_model(resumed, calib, PruneSettings(method="sparsegpt", sparsity=0.5), checkpoint=tmp_path / "c", resume=True, progress=False)
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_resume_refuses_another_runs_checkpoint(calib, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Crash):
+        prune_model(tiny_model("llama"), calib, PruneSettings(method="wanda", sparsity=0.5), checkpoint=ckpt,
+                    after_block=_crash_after(0), progress=False)
+    with pytest.raises(LayerwiseError, match="another run"):
+        prune_model(tiny_model("llama"), calib, PruneSettings(method="wanda", sparsity=0.6), checkpoint=ckpt,
+                    resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        (dict(method="sparsegpt", sparsity=1.0), r"\[0, 1\)"),
+        (dict(method="sparsegpt", sparsity=-0.1), r"\[0, 1\)"),
+        (dict(method="sparsegpt", sparsity=0.7, pattern="2:4"), "fixes the sparsity"),
+        (dict(method="sparsegpt"), "sparsity is required"),
+        (dict(method="nope", sparsity=0.5), "unknown method 'nope'"),
+        (dict(method="sparsegpt", sparsity=0.5, pattern="3:2"), "N:M needs"),
+        (dict(method="sparsegpt", sparsity=0.5, pattern="blah"), "unknown pattern"),
+    ],
+)
+def test_bad_settings(settings, match, calib):
+    with pytest.raises(ValueError, match=match):
+        prune_model(tiny_model("llama"), calib, PruneSettings(**settings), progress=False)
+
+
+def test_seqlen_longer_than_the_context(stream):
+    ids = data.sample_segments(stream, 2, 200)
+    with pytest.raises(LayerwiseError, match="longer than the model's context of 128"):
+        prune_model(tiny_model("llama"), ids, PruneSettings(method="wanda", sparsity=0.5), progress=False)
