@@ -191,9 +191,6 @@ class LayerProblem:
             return objective / energy
         return 0.0 if objective == 0 else float("inf")
 
-    def mask_of(self, W: Any):
-        return to_xp(W, self.xp) != 0
-
     def check_feasible(self, W: Any) -> bool:
         """True when W's support (its nonzeros) satisfies the pattern at this sparsity."""
         W = to_xp(W, self.xp)
