@@ -50,20 +50,6 @@ def gemm_rate(xp, n: int = 8192, reps: int = 5) -> float:
     return 2 * n**3 / float(np.median(times)) / 1e12
 
 
-def eigh_seconds(xp, n: int, dtype) -> float:
-    """Time of one symmetric eigendecomposition of a random SPD n × n matrix."""
-    from layerprune.solvers.backend import synchronize
-
-    a = xp.random.standard_normal((n, n)).astype(dtype)
-    a = a @ a.T / n + xp.eye(n, dtype=dtype)
-    xp.linalg.eigh(a[:64, :64])
-    synchronize(xp)
-    t = time.perf_counter()
-    xp.linalg.eigh(a)
-    synchronize(xp)
-    return time.perf_counter() - t
-
-
 class PeakMemory:
     """Largest number of bytes live in CuPy's pool at once (a pool malloc/free hook)."""
 
@@ -164,9 +150,6 @@ def main() -> None:
     if dev == "cuda":
         props = xp.cuda.runtime.getDeviceProperties(0)
         header.update(gpu=props["name"].decode(), cupy=xp.__version__, fp32_gemm_tflops=round(gemm_rate(xp), 1))
-        from cupy._core import _routines_linalg as rl
-
-        header["cupy_compute_type_api"] = [n for n in dir(rl) if "compute" in n.lower() or "tf32" in n.lower()]
     print(json.dumps(header), flush=True)
     rows = run(args.shapes.split(","), args.sparsity, args.patterns.split(","), args.methods.split(","), args.device, args.only)
     os.makedirs(args.out, exist_ok=True)

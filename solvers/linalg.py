@@ -48,24 +48,22 @@ def inverse_cholesky_upper(H, xp):
     return cholesky_lower(H_inv, xp).T
 
 
-def normalized_eigh(H, xp, psd_tol: float = 1e-6, dtype=None, keep_hn: bool = True):
-    """d = √diag H, Hn = D⁻¹ H D⁻¹, and Hn = Q diag(λ) Qᵀ (in ``dtype``, default float64).
+def normalized_eigh(H, xp, psd_tol: float = 1e-6, dtype=None):
+    """d = √diag H and the eigendecomposition Hn = D⁻¹ H D⁻¹ = Q diag(λ) Qᵀ (in ``dtype``, default float64).
 
-    Returns (d, Hn or None, λ, Q). Raises ValueError when Hn has an eigenvalue
-    below −psd_tol·max λ (not PSD).
+    Returns (d, λ, Q); Hn itself is not kept (callers re-form it from Q and λ when needed).
+    Raises ValueError when Hn has an eigenvalue below −psd_tol·max λ (not PSD).
     """
     dtype = np.dtype(dtype or np.float64)
-    Hw = H.astype(dtype)
-    diag = xp.diagonal(Hw).copy()
+    Hn = H.astype(dtype)
+    diag = xp.diagonal(Hn).copy()
     if bool((diag <= 0).any()):
         raise ValueError("hessian has a zero or negative diagonal after damping")
     d = xp.sqrt(diag)
-    Hw /= d[:, None]
-    Hw /= d[None, :]
-    lam, Q = xp.linalg.eigh(Hw)
-    if not keep_hn:
-        del Hw
-        Hw = None
+    Hn /= d[:, None]
+    Hn /= d[None, :]
+    lam, Q = xp.linalg.eigh(Hn)
+    del Hn
     if float(lam.min()) < -psd_tol * float(lam.max()):
         raise ValueError(f"hessian is not PSD: smallest eigenvalue {float(lam.min()):.3g} after normalization")
-    return d, Hw, xp.clip(lam, 0, None), Q
+    return d, xp.clip(lam, 0, None), Q

@@ -27,8 +27,7 @@ class NormalizedProblem:
         eig_dtype = np.dtype(eig_dtype or (np.float64 if xp is np else dtype))
         key = ("eig", eig_dtype.str)
         if key not in cache:
-            d, _, lam, Q = normalized_eigh(problem.hessian, xp, dtype=eig_dtype, keep_hn=False)
-            cache[key] = (d, lam, Q)
+            cache[key] = normalized_eigh(problem.hessian, xp, dtype=eig_dtype)
         d, lam, Q = cache[key]
         self.xp, self.dtype = xp, dtype
         self.pattern, self.sparsity = problem.pattern, problem.sparsity
