@@ -52,19 +52,6 @@ class _Catcher(nn.Module):
             return getattr(object.__getattribute__(self, "_block"), name)
 
 
-def to_device(obj: Any, device: torch.device | str) -> Any:
-    """``obj`` with every tensor inside (tuples, lists, dicts) moved to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(to_device(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [to_device(o, device) for o in obj]
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    return obj
-
-
 @dataclass
 class BlockInputs:
     """The inputs of one block for the whole calibration batch, split in mini-batches.
@@ -77,10 +64,6 @@ class BlockInputs:
 
     hidden: list[torch.Tensor]
     extras: list[tuple[tuple, dict]] = field(default_factory=list)
-
-    @property
-    def tokens(self) -> int:
-        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
 
 
 def _parent_and_attr(model: nn.Module, path: str) -> tuple[nn.Module, str]:

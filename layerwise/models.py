@@ -174,10 +174,6 @@ def context_length(model: nn.Module) -> int | None:
     return None
 
 
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 # -- saving ----------------------------------------------------------------------------
 def _plain_copy(model: nn.Module) -> nn.Module:
     """A copy ``save_pretrained`` accepts: GGUF-loaded models carry a ``quantization_config``

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from layerprune.layerwise.data import calibration_segments, evaluation_stream
+from layerprune.layerwise.data import _write_atomic, calibration_segments, evaluation_stream
 from layerprune.layerwise.driver import Checkpoint, PruneSettings, check_seqlen, prune_model
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import find_blocks, load_model, resolve_model, save_model
@@ -32,11 +32,8 @@ def checkpoint_folder(output: str | os.PathLike) -> Path:
 
 
 def _write_json(path: str | os.PathLike, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    """JSON written atomically (one writer for every text file the package saves)."""
+    _write_atomic(Path(path), json.dumps(data, indent=1))
 
 
 def run_prune(

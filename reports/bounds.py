@@ -70,8 +70,6 @@ PERSPECTIVE_MAX_IN = 256
 DIAGONAL_MAX_IN = 16384
 ROUNDING_MARGIN = 1e-10
 
-KINDS = ("exact", "perspective", "diagonal", "none")
-
 
 @dataclass
 class LowerBound:

@@ -225,6 +225,7 @@ def compare_problems(
     for path in files:
         name = path.stem
         base = LayerProblem.load(path)
+        base.dense_energy()  # damped H, its float64 copy and tr(ŴHŴᵀ): once per file, shared by every cell
         caches: dict[str, dict] = {m: {} for m in methods}  # one Hessian per file: share factorizations
         bound_cache: dict = {}
         for pattern, s in cells:
