@@ -23,54 +23,72 @@ from layerprune.solvers.backend import array_module
 
 
 def _count_at_least(u, cand, chunk: int = 4096):
-    """#{u ≥ cand} per row; long rows are split so the GPU reduces them in parallel."""
+    """#{u ≥ cand} per row (rows,); long rows are reduced in chunks so the GPU sums them in parallel."""
     rows, n = u.shape
-    if rows >= 1024 or n <= chunk:
-        return (u >= cand[:, None]).sum(axis=1)
-    return (u.reshape(rows, -1, chunk) >= cand[:, None, None]).sum(axis=2).sum(axis=1)
+    if rows == 1 and n > chunk:  # one long row: a (n/chunk × chunk) view plus the tail
+        full = n - n % chunk
+        flat = u.reshape(-1)
+        count = (flat[:full].reshape(-1, chunk) >= cand[0]).sum(axis=1).sum()
+        if full < n:
+            count = count + (flat[full:] >= cand[0]).sum()
+        return count.reshape(1)
+    if rows < 1024 and n > chunk and n % chunk == 0:
+        return (u.reshape(rows, -1, chunk) >= cand[:, None, None]).sum(axis=2).sum(axis=1)
+    return (u >= cand[:, None]).sum(axis=1)
+
+
+def _as_counts(counts, rows: int, xp):
+    """Per-row counts as an int64 array (rows,); a Python int applies to every row."""
+    if isinstance(counts, (int, np.integer)):
+        return xp.full((rows,), int(counts), dtype=xp.int64)
+    return xp.asarray(counts).astype(xp.int64)
 
 
 def kth_largest_per_row(scores, counts, method: str | None = None):
     """The ``counts[i]``-th largest value of each row of nonnegative ``scores`` (rows,).
 
-    NumPy sorts. On the GPU a radix select on the float bit patterns (monotone for
-    nonnegative floats) finds it in one counting pass per bit, all on the device:
-    ``prefix`` stays the largest v with #{u ≥ v} ≥ count, which ends at the count-th largest.
+    ``counts``: (rows,) integers, or one Python int for every row. NumPy selects
+    (``np.partition``) or sorts. On the GPU a radix select on the float bit patterns
+    (monotone for nonnegative floats) finds it in one counting pass per bit, all on the
+    device and without a copy of ``scores``: ``prefix`` stays the largest v with
+    #{u ≥ v} ≥ count, which ends at the count-th largest.
     """
     xp = array_module(scores)
     rows, n = scores.shape
-    # method: "sort" (NumPy's default; on the GPU for one long row, where the device's radix
-    # sort is fastest) or "radix" (the GPU's default for many rows; also runs on NumPy for tests).
-    method = method or ("radix" if xp is not np and rows > 1 else "sort")
+    # method: "sort" (NumPy's default) or "radix" (the GPU's; also runs on NumPy for tests).
+    method = method or ("radix" if xp is not np else "sort")
+    uniform = isinstance(counts, (int, np.integer))
     if method == "sort":
-        if xp is np and bool((counts == counts[0]).all()):  # one k for all rows: O(n) selection
-            kth = n - int(np.clip(counts[0], 1, n))
+        if xp is np and (uniform or bool((counts == counts[0]).all())):  # one k for all rows: O(n) selection
+            kth = n - int(np.clip(counts if uniform else counts[0], 1, n))
             return np.partition(scores, kth, axis=1)[:, kth]
-        if rows == 1:
-            return xp.sort(scores.ravel())[n - int(xp.clip(counts, 1, n)[0])][None]
-        idx = xp.clip(counts - 1, 0, n - 1)
+        idx = xp.clip(_as_counts(counts, rows, xp) - 1, 0, n - 1)
         return xp.take_along_axis(-xp.sort(-scores, axis=1), idx[:, None], axis=1)[:, 0]
     utype = {4: xp.uint32, 8: xp.uint64}[scores.dtype.itemsize]
     u = xp.ascontiguousarray(scores).view(utype)
-    chunk = 4096
-    if rows < 1024 and n > chunk and n % chunk:  # pad with zeros: 0 is never ≥ a candidate
-        u = xp.concatenate([u, xp.zeros((rows, chunk - n % chunk), dtype=utype)], axis=1)
     prefix = xp.zeros((rows,), dtype=utype)
-    need = xp.maximum(counts, 1)
+    need = max(int(counts), 1) if uniform else xp.maximum(counts, 1)
     for bit in range(8 * scores.dtype.itemsize - 1, -1, -1):
-        cand = prefix | xp.asarray(1 << bit, dtype=utype)
-        prefix = xp.where(_count_at_least(u, cand, chunk) >= need, cand, prefix)
+        cand = prefix | utype(1 << bit)
+        prefix = xp.where(_count_at_least(u, cand) >= need, cand, prefix)
     return prefix.view(scores.dtype)
 
 
 def _top_k_by_rank(scores, counts):
-    """Top-k per row for short rows (n ≤ 16): rank = #larger + #equal with a lower index."""
+    """Top-k along the last axis for short rows (n ≤ 16): rank = #larger + #equal with a lower index.
+
+    ``counts``: an int, or an array of the leading shape. The rank is accumulated one
+    column at a time in int8, so the temporaries are the size of one boolean mask.
+    """
     xp = array_module(scores)
     n = scores.shape[-1]
-    a, b = scores[..., :, None], scores[..., None, :]
-    earlier = xp.tri(n, k=-1, dtype=bool)  # earlier[i, j] = j < i
-    rank = ((b > a) | ((b == a) & earlier)).sum(axis=-1)
-    return rank < counts[..., None]
+    rank = xp.zeros(scores.shape, dtype=xp.int8)
+    for j in range(n):
+        col = scores[..., j : j + 1]
+        rank += col > scores
+        rank[..., j + 1 :] += col == scores[..., j + 1 :]  # ties: the lower index ranks first
+    limit = counts if isinstance(counts, (int, np.integer)) else counts[..., None]
+    return rank < limit
 
 
 def _row_sums(b):
@@ -81,11 +99,13 @@ def _row_sums(b):
 def top_k_per_row(scores, counts):
     """Boolean mask keeping ``counts[i]`` largest entries of each row (ties: lower index).
 
-    scores: (rows, n) nonnegative array; counts: (rows,) integers with 0 ≤ counts ≤ n.
+    scores: (rows, n) nonnegative array; counts: (rows,) integers with 0 ≤ counts ≤ n,
+    or one Python int for every row (no host-to-device copy).
     """
     xp = array_module(scores)
     rows, n = scores.shape
-    counts = xp.asarray(counts).astype(xp.int64)
+    if not isinstance(counts, (int, np.integer)):
+        counts = xp.asarray(counts).astype(xp.int64)
     if rows == 0 or n == 0:
         return xp.zeros(scores.shape, dtype=bool)
     if n <= 16:
@@ -94,11 +114,31 @@ def top_k_per_row(scores, counts):
     keep = scores > thresh
     need = counts - _row_sums(keep)  # how many entries equal to the threshold to add per row
     equal = scores == thresh
-    if not bool((_row_sums(equal) > need).any()):
-        return keep | equal  # no row has more ties than places (the usual case): no scan needed
-    order = xp.cumsum(equal.ravel() if rows == 1 else equal, axis=-1, dtype=xp.int32).reshape(rows, n)
-    keep |= equal & (order <= need[:, None])
-    return keep & (counts[:, None] > 0)
+    # NumPy checks whether any row has more ties than places (rare) before scanning; the GPU
+    # always scans, which costs less than reading that answer back to the host.
+    if xp is np and not bool((_row_sums(equal) > need).any()):
+        return keep | equal
+    _add_first_ties(keep, equal, need)
+    return keep
+
+
+def _add_first_ties(keep, equal, need, parts: int = 4) -> None:
+    """keep |= the first ``need[i]`` True entries of each row of ``equal`` (in place).
+
+    The running count is a cumulative sum taken over ``parts`` column blocks with a carried
+    offset, so its int32 temporary is 1/``parts`` of the mask's entries.
+    """
+    xp = array_module(equal)
+    rows, n = equal.shape
+    seen = xp.zeros((rows, 1), dtype=xp.int32)
+    need = need.astype(xp.int32)[:, None]
+    step = max(1, -(-n // parts))
+    for c in range(0, n, step):
+        e = equal[:, c : c + step]
+        order = xp.cumsum(e, axis=1, dtype=xp.int32)
+        order += seen
+        keep[:, c : c + step] |= e & (order <= need)
+        seen = order[:, -1:].copy()
 
 
 def balanced_counts(total: int, rows: int, xp=np):
@@ -150,18 +190,15 @@ class Pattern:
 
         ``scores`` must be nonnegative-comparable (e.g. |W| or a saliency).
         """
-        xp = array_module(scores)
         out, inp = scores.shape
         self.check_shape(scores.shape)
         if self.kind == "unstructured":
             k = self.kept_per_layer(scores.shape, sparsity)
             flat = scores.reshape(1, -1)
-            return top_k_per_row(flat, xp.asarray([k])).reshape(out, inp)
+            return top_k_per_row(flat, k).reshape(out, inp)
         if self.kind == "row":
-            k = int(round((1.0 - sparsity) * inp))
-            return top_k_per_row(scores, xp.full((out,), k, dtype=xp.int64))
-        groups = scores.reshape(out, inp // self.m, self.m)
-        return _top_k_by_rank(groups, xp.full(groups.shape[:2], self.n, dtype=xp.int64)).reshape(out, inp)
+            return top_k_per_row(scores, int(round((1.0 - sparsity) * inp)))
+        return _top_k_by_rank(scores.reshape(out, inp // self.m, self.m), self.n).reshape(out, inp)
 
     def project(self, z, sparsity: float):
         """Euclidean projection of ``z`` onto the pattern: (projected z, mask)."""

@@ -37,7 +37,8 @@ def pcg_refit(norm: NormalizedProblem, X, mask, tol: float | None, max_iter: int
     tol = tol if tol is not None else (1e-10 if norm.dtype.itemsize >= 8 else 1e-5)
     before = norm.rel_error(X)
     Hn = norm.hn(out=hn_buffer)
-    X_fit, pcg = masked_pcg(Hn, norm.G, mask, X, norm.xp, tol=tol, max_iter=max_iter, inplace=True)
+    X_fit, pcg = masked_pcg(Hn, norm.G, mask, X, norm.xp, tol=tol, max_iter=max_iter, inplace=True,
+                            blocks=norm.blocks)
     after = norm.rel_error(X_fit)
     info = {
         "admm_rel_error": before,
@@ -97,6 +98,15 @@ def alps(
         )
 
 
+def _start(norm: NormalizedProblem, Z, T):
+    """ADMM's starting point, written into Z: Dv = P(B), V = 0 (so Z = Dv); returns the mask."""
+    norm.write_B(Z)
+    norm.xp.abs(Z, out=T)
+    mask = norm.mask(T)
+    Z *= mask
+    return mask
+
+
 def _alps(
     problem, xp, dtype, cache, precision, use_tf32,
     rho0, max_iter, check_every, rho_max, early_stop_after, early_stop_change,
@@ -111,15 +121,14 @@ def _alps(
     # State: Z = X + V/ρ and its support. Since V ← V + ρ(X − Dv) with Dv = P(Z),
     # V/ρ = Z − Dv = Z ⊙ ¬mask, so Z alone carries both the split variable and the dual:
     #   T ← G − V + ρ Dv = G + ρ (2 Dv − Z);   X ← T (Hn + ρI)⁻¹;   Z ← X + Z ⊙ ¬mask.
-    # Persistent (out × in) buffers: G, Z, X and one scratch T; every step works in place.
-    def start():
-        Z, mask = norm.project(norm.B)  # V = 0, Dv = P(B)
-        return Z, mask
+    # The X-update is row-wise, so it runs over blocks of rows with X one block at a time.
+    # Buffers (out × in): G, Z and the scratch T, plus one block of rows; (in × in): M, Q.
+    Z = xp.empty(problem.shape, dtype=dtype)
+    T = xp.empty_like(Z)
+    X_block = xp.empty((max(r.stop - r.start for r in norm.blocks), Z.shape[1]), dtype=dtype)
 
     rho, rose, restarts = float(rho0), False, 0
-    Z, mask = start()
-    X = xp.empty_like(Z)
-    T = xp.empty_like(Z)
+    mask = _start(norm, Z, T)
     M = norm.inverse(rho)
     mask_at_check = mask
     history: list[dict] = []
@@ -127,14 +136,16 @@ def _alps(
     it = 0
     while it < max_iter:
         it += 1
-        xp.multiply(Z, mask, out=T)  # T = G + ρ (2 Dv − Z)
-        T *= 2.0
-        T -= Z
-        T *= rho
-        T += G
-        xp.matmul(T, M, out=X)  # X = T (Hn + ρI)⁻¹
-        Z *= ~mask  # Z = X + V/ρ
-        Z += X
+        for r in norm.blocks:
+            Zr, Tr, keep = Z[r], T[r], mask[r]
+            xp.multiply(Zr, keep, out=Tr)  # T = G + ρ (2 Dv − Z)
+            Tr *= 2.0
+            Tr -= Zr
+            Tr *= rho
+            Tr += G[r]
+            Xr = xp.matmul(Tr, M, out=X_block[: Tr.shape[0]])  # X = T (Hn + ρI)⁻¹
+            Zr *= ~keep  # Z = X + V/ρ
+            Zr += Xr
         xp.abs(Z, out=T)
         mask = norm.mask(T)  # Dv = P(Z) = Z ⊙ mask
         if it % check_every:
@@ -154,7 +165,7 @@ def _alps(
                 message = f"support frozen from the start after {restarts} restarts"
                 break
             rho, restarts = rho / 5.0, restarts + 1  # ρ was too large: restart smaller
-            Z, mask = start()
+            mask = _start(norm, Z, T)
             mask_at_check = mask
             norm.inverse(rho, out=M)
             continue
@@ -175,13 +186,13 @@ def _alps(
     precision.set("float32")
     clock.lap("seconds_admm")
     info = {"rho_final": rho, "restarts": restarts, "stop_reason": message}
-    Dv = xp.multiply(Z, mask, out=Z)  # the projected iterate, feasible by construction
-    del T, X  # free ADMM's buffers before the refit allocates its own
-    X = Dv
+    X = xp.multiply(Z, mask, out=Z)  # the projected iterate Dv, feasible by construction
+    del T, X_block  # free ADMM's buffers before the refit allocates its own
     if refit:
-        X, refit_info = pcg_refit(norm, Dv, mask, refit_tol, refit_max_iter, hn_buffer=M)
+        X, refit_info = pcg_refit(norm, X, mask, refit_tol, refit_max_iter, hn_buffer=M)
         info.update(refit_info)
         clock.lap("seconds_refit")
     info.update(clock.laps)
-    W = norm.unscale(X) * mask
-    return MethodOutput(W, mask, iterations=it, history=history, message=message, info=info)
+    X /= norm.d[None, :]  # W = X D⁻¹, in place
+    X *= mask
+    return MethodOutput(X, mask, iterations=it, history=history, message=message, info=info)

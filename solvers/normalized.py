@@ -8,6 +8,8 @@ preconditioner), B = Ŵ D, G = B Hn. For X = W D,
 Hn = Q diag(Λ) Qᵀ is computed once per Hessian and shared through the solve
 cache, so (Hn + ρI)⁻¹ = Q diag(1/(Λ + ρ)) Qᵀ costs one product for any ρ. Only
 Q and Λ are kept: Hn itself is re-formed (one product) when a refit needs it.
+Work on (out × in) arrays goes in blocks of rows (``row_blocks``), so a solver's
+temporaries stay a fraction of the weight's size.
 The eigendecomposition runs in float64 on the CPU and in the working precision
 on the GPU (cuSOLVER float32; ``eig_dtype`` overrides), where float64 would
 double the memory of the largest arrays for no change in the chosen support.
@@ -18,6 +20,16 @@ from __future__ import annotations
 import numpy as np
 
 from layerprune.solvers.linalg import normalized_eigh
+
+
+def row_blocks(rows: int, parts: int = 4, min_rows: int = 128) -> list[slice]:
+    """Slices covering range(rows) in about ``parts`` blocks of at least ``min_rows`` rows.
+
+    Row-wise work on an (out × in) array in these blocks keeps its temporaries at
+    about 1/``parts`` of the array while each product stays a large GEMM.
+    """
+    size = max(min_rows, -(-rows // parts))
+    return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
 
 
 class NormalizedProblem:
@@ -34,27 +46,36 @@ class NormalizedProblem:
         self.kept = max(problem.kept, 1)
         self.d, self.lam, self.Q = d.astype(dtype), lam.astype(dtype), Q.astype(dtype, copy=False)
         self._weight = problem.weight
-        BQ = self.B @ self.Q
-        BQ *= self.lam[None, :]
-        self.G = BQ @ self.Q.T  # B Hn
+        self.blocks = row_blocks(problem.shape[0])
+        self.G = xp.empty(problem.shape, dtype=dtype)  # B Hn = B Q Λ Qᵀ, one block of rows at a time
+        for r in self.blocks:
+            BQ = self.B_rows(r) @ self.Q
+            BQ *= self.lam[None, :]
+            xp.matmul(BQ, self.Q.T, out=self.G[r])
         del BQ
         self.energy = self._energy()
 
     def _energy(self) -> float:
-        """tr(B Hn Bᵀ) = tr(Ŵ H Ŵᵀ), summed over row chunks."""
-        return sum(float(self.xp.sum(self.G[r] * self.B_rows(r))) for r in self._chunks())
-
-    def _chunks(self, size: int = 1024):
-        n = self.G.shape[0]
-        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+        """tr(B Hn Bᵀ) = tr(Ŵ H Ŵᵀ), summed over row blocks."""
+        return sum(float(self.xp.sum(self.G[r] * self.B_rows(r))) for r in self.blocks)
 
     def B_rows(self, rows: slice):
-        return self._weight[rows].astype(self.dtype) * self.d[None, :]
+        """Rows of B = Ŵ D (a new array)."""
+        B = self._weight[rows].astype(self.dtype, copy=True)
+        B *= self.d[None, :]
+        return B
 
     @property
     def B(self):
         """Ŵ D (formed on demand: the weight already lives in the problem)."""
         return self.B_rows(slice(None))
+
+    def write_B(self, out):
+        """B written into ``out`` (out × in) block by block, without a full-size temporary."""
+        for r in self.blocks:
+            out[r] = self._weight[r]
+            out[r] *= self.d[None, :]
+        return out
 
     def project(self, Z, sparsity: float | None = None):
         """(P(Z), mask): keep the largest |Z| the pattern allows."""
@@ -63,21 +84,29 @@ class NormalizedProblem:
     def mask(self, scores, sparsity: float | None = None):
         return self.pattern.mask(scores, self.sparsity if sparsity is None else sparsity)
 
+    def _q_diag_qt(self, s, out=None):
+        """Q diag(s) Qᵀ (in × in) into ``out``, in blocks of rows (no in × in temporary)."""
+        n = self.Q.shape[0]
+        out = self.xp.empty((n, n), dtype=self.dtype) if out is None else out
+        for r in row_blocks(n):
+            self.xp.matmul(self.Q[r] * s[None, :], self.Q.T, out=out[r])
+        return out
+
     def inverse(self, rho: float, out=None):
         """(Hn + ρI)⁻¹ = Q diag(1/(Λ + ρ)) Qᵀ (in × in), written into ``out`` if given."""
-        return self.xp.matmul(self.Q * (1.0 / (self.lam + rho))[None, :], self.Q.T, out=out)
+        return self._q_diag_qt(1.0 / (self.lam + rho), out)
 
     def hn(self, out=None):
         """Hn = Q diag(Λ) Qᵀ (in × in), written into ``out`` if given."""
-        return self.xp.matmul(self.Q * self.lam[None, :], self.Q.T, out=out)
+        return self._q_diag_qt(self.lam, out)
 
     def rel_error(self, X) -> float:
         """f / tr(Ŵ H Ŵᵀ) for X in normalized coordinates: ‖(X − B) Q Λ^½‖² / energy.
 
-        Summed over row chunks so the temporaries stay small.
+        Summed over row blocks so the temporaries stay small.
         """
         total = 0.0
-        for r in self._chunks():
+        for r in self.blocks:
             EQ = (X[r] - self.B_rows(r)) @ self.Q
             EQ *= EQ
             total += float(self.xp.sum(EQ @ self.lam))

@@ -216,3 +216,20 @@ def test_tf32_phase_does_not_hurt_the_objective():
     from cupy._core import _routines_linalg as rl
 
     assert rl.get_compute_type(np.float32) != rl.COMPUTE_TYPE_TF32  # restored afterwards
+
+
+def test_pcg_in_row_blocks_equals_all_rows_at_once(rng):
+    """Rows are independent systems: the blocked iteration gives the same iterates."""
+    from layerprune.solvers.normalized import row_blocks
+
+    p = synthetic_problem(300, 40, 0.6, "unstructured", seed=int(rng.integers(1 << 30)), dtype=np.float64)
+    H = p.hessian.astype(np.float64)
+    d = np.sqrt(np.diag(H))
+    Hn = H / d[:, None] / d[None, :]
+    G = (p.weight * d[None, :]) @ Hn
+    mask = p.pattern.mask(np.abs(rng.standard_normal(G.shape)), p.sparsity)
+    X0 = rng.standard_normal(G.shape)
+    whole, i1 = masked_pcg(Hn, G, mask, X0, np, tol=0.0, max_iter=7)
+    blocked, i2 = masked_pcg(Hn, G, mask, X0, np, tol=0.0, max_iter=7, blocks=row_blocks(300, min_rows=64))
+    assert len(row_blocks(300, min_rows=64)) == 4 and i1.iterations == i2.iterations == 7
+    np.testing.assert_allclose(blocked, whole, rtol=1e-12, atol=1e-12)

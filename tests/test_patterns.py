@@ -179,3 +179,35 @@ def test_radix_select_matches_sort(rng, dtype, shape):
     counts = rng.integers(1, shape[1] + 1, size=shape[0])
     radix = kth_largest_per_row(scores, counts, method="radix")
     assert np.array_equal(radix, kth_largest_per_row(scores, counts, method="sort"))
+
+
+def _reference_top_k(scores, counts):
+    """Stable reference: sort each row by (−score, index) and keep the first counts[i]."""
+    keep = np.zeros(scores.shape, dtype=bool)
+    for i, row in enumerate(scores):
+        order = np.lexsort((np.arange(row.size), -row))
+        keep[i, order[: counts[i]]] = True
+    return keep
+
+
+@pytest.mark.parametrize("shape", [(1, 9000), (5, 40), (3, 8193)])
+def test_top_k_with_excess_ties_matches_reference(rng, shape, monkeypatch):
+    """Rows with more ties at the threshold than places: the lower indices win, through the
+    chunked tie scan, with per-row counts and with one int for every row, on both selectors."""
+    from layerprune.problems import patterns
+
+    scores = rng.integers(0, 4, size=shape).astype(np.float32)  # few distinct values: ties everywhere
+    counts = rng.integers(0, shape[1] + 1, size=shape[0])
+    select = patterns.kth_largest_per_row
+    for method in ("sort", "radix"):
+        monkeypatch.setattr(patterns, "kth_largest_per_row", lambda s, c, m=method: select(s, c, method=m))
+        np.testing.assert_array_equal(top_k_per_row(scores, counts), _reference_top_k(scores, counts))
+        k = int(counts[0])
+        np.testing.assert_array_equal(top_k_per_row(scores, k), _reference_top_k(scores, [k] * shape[0]))
+
+
+def test_nm_rank_selection_matches_reference(rng):
+    scores = rng.integers(0, 3, size=(6, 32)).astype(np.float32)  # ties inside groups
+    keep = parse_pattern("2:4").mask(scores, 0.5)
+    ref = _reference_top_k(scores.reshape(-1, 4), [2] * (scores.size // 4)).reshape(scores.shape)
+    np.testing.assert_array_equal(keep, ref)
