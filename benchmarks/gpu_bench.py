@@ -81,6 +81,7 @@ class PeakMemory:
 def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[str], device: str, only: str = "") -> list[dict]:
     from layerprune import solve
     from layerprune.problems import synthetic_problem
+    from layerprune.solvers import get_method
     from layerprune.solvers.backend import resolve_device, xp_for
 
     dev = resolve_device(device)
@@ -109,12 +110,18 @@ def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[s
                         with PeakMemory(xp) as mem:
                             r = solve(p, name, device=dev, **opts)
                         peak = mem.peak  # bytes allocated during the solve and live at once
+                        pool.free_all_blocks()
+                        with PeakMemory(xp) as mem:  # the method alone, without the harness's scoring
+                            get_method(name)(p, xp=xp, dtype=np.dtype(np.float32), cache={}, **opts)
+                        solver_peak = mem.peak
                     else:
                         r, peak = solve(p, name, device=dev, **opts), float("nan")
+                        solver_peak = float("nan")
                     rows.append({
                         "layer": label, "out": out, "in": inp, "pattern": pattern, "method": m,
                         "sparsity": round(r.sparsity, 4), "rel_error": r.relative_error, "seconds": r.seconds,
                         "iterations": r.iterations, "peak_bytes": peak, "weight_copies": peak / (out * inp * 4),
+                        "solver_weight_copies": solver_peak / (out * inp * 4), "hessian_copies": inp * inp / (out * inp),
                         "info": {k: v for k, v in r.info.items() if isinstance(v, (int, float, bool, str))},
                     })
                     print(json.dumps(rows[-1]), flush=True)
@@ -123,11 +130,12 @@ def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[s
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| layer | pattern | method | rel. error | seconds | iters | peak mem (× W) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| layer | pattern | method | rel. error | seconds | iters | peak mem, solve (× W) | peak mem, method alone (× W) | in×in (× W) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['layer']} | {r['pattern']} | {r['method']} | {r['rel_error']:.4f} | {r['seconds']:.3f} | "
-            f"{r['iterations']} | {r['weight_copies']:.1f} |"
+            f"{r['iterations']} | {r['weight_copies']:.1f} | {r['solver_weight_copies']:.1f} | {r['hessian_copies']:.2f} |"
         )
     return "\n".join(lines)
 

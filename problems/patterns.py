@@ -55,13 +55,16 @@ def kth_largest_per_row(scores, counts, method: str | None = None):
     """
     xp = array_module(scores)
     rows, n = scores.shape
-    # method: "sort" (NumPy's default) or "radix" (the GPU's; also runs on NumPy for tests).
-    method = method or ("radix" if xp is not np else "sort")
+    # method: "sort" (NumPy's default; on the GPU for one long row, where the device's radix
+    # sort is fastest) or "radix" (the GPU's default for many rows; also runs on NumPy for tests).
+    method = method or ("radix" if xp is not np and rows > 1 else "sort")
     uniform = isinstance(counts, (int, np.integer))
     if method == "sort":
         if xp is np and (uniform or bool((counts == counts[0]).all())):  # one k for all rows: O(n) selection
             kth = n - int(np.clip(counts if uniform else counts[0], 1, n))
             return np.partition(scores, kth, axis=1)[:, kth]
+        if rows == 1:
+            return xp.sort(scores.ravel())[n - int(np.clip(counts if uniform else int(counts[0]), 1, n))][None]
         idx = xp.clip(_as_counts(counts, rows, xp) - 1, 0, n - 1)
         return xp.take_along_axis(-xp.sort(-scores, axis=1), idx[:, None], axis=1)[:, 0]
     utype = {4: xp.uint32, 8: xp.uint64}[scores.dtype.itemsize]
@@ -114,9 +117,7 @@ def top_k_per_row(scores, counts):
     keep = scores > thresh
     need = counts - _row_sums(keep)  # how many entries equal to the threshold to add per row
     equal = scores == thresh
-    # NumPy checks whether any row has more ties than places (rare) before scanning; the GPU
-    # always scans, which costs less than reading that answer back to the host.
-    if xp is np and not bool((_row_sums(equal) > need).any()):
+    if not bool((_row_sums(equal) > need).any()):  # no row has more ties than places (the usual case)
         return keep | equal
     _add_first_ties(keep, equal, need)
     return keep

@@ -22,12 +22,16 @@ import numpy as np
 from layerprune.solvers.linalg import normalized_eigh
 
 
-def row_blocks(rows: int, parts: int = 4, min_rows: int = 128) -> list[slice]:
+def row_blocks(rows: int, cols: int = 0, parts: int = 4, min_rows: int = 128, small: int = 1 << 20) -> list[slice]:
     """Slices covering range(rows) in about ``parts`` blocks of at least ``min_rows`` rows.
 
     Row-wise work on an (out × in) array in these blocks keeps its temporaries at
-    about 1/``parts`` of the array while each product stays a large GEMM.
+    about 1/``parts`` of the array while each product stays a large GEMM. Arrays of at
+    most ``small`` entries (4 MiB in float32) are one block: there the kernel launches
+    per block would cost more time than the temporaries cost memory.
     """
+    if rows * cols <= small:
+        return [slice(0, rows)]
     size = max(min_rows, -(-rows // parts))
     return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
 
@@ -46,7 +50,7 @@ class NormalizedProblem:
         self.kept = max(problem.kept, 1)
         self.d, self.lam, self.Q = d.astype(dtype), lam.astype(dtype), Q.astype(dtype, copy=False)
         self._weight = problem.weight
-        self.blocks = row_blocks(problem.shape[0])
+        self.blocks = row_blocks(*problem.shape)
         self.G = xp.empty(problem.shape, dtype=dtype)  # B Hn = B Q Λ Qᵀ, one block of rows at a time
         for r in self.blocks:
             BQ = self.B_rows(r) @ self.Q
@@ -88,7 +92,7 @@ class NormalizedProblem:
         """Q diag(s) Qᵀ (in × in) into ``out``, in blocks of rows (no in × in temporary)."""
         n = self.Q.shape[0]
         out = self.xp.empty((n, n), dtype=self.dtype) if out is None else out
-        for r in row_blocks(n):
+        for r in row_blocks(n, n):
             self.xp.matmul(self.Q[r] * s[None, :], self.Q.T, out=out[r])
         return out
 

@@ -256,6 +256,21 @@ def test_pcg_in_row_blocks_equals_all_rows_at_once(rng):
     mask = p.pattern.mask(np.abs(rng.standard_normal(G.shape)), p.sparsity)
     X0 = rng.standard_normal(G.shape)
     whole, i1 = masked_pcg(Hn, G, mask, X0, np, tol=0.0, max_iter=7)
-    blocked, i2 = masked_pcg(Hn, G, mask, X0, np, tol=0.0, max_iter=7, blocks=row_blocks(300, min_rows=64))
-    assert len(row_blocks(300, min_rows=64)) == 4 and i1.iterations == i2.iterations == 7
+    blocked, i2 = masked_pcg(Hn, G, mask, X0, np, tol=0.0, max_iter=7, blocks=row_blocks(300, 40, min_rows=64, small=0))
+    assert len(row_blocks(300, 40, min_rows=64, small=0)) == 4 and i1.iterations == i2.iterations == 7
     np.testing.assert_allclose(blocked, whole, rtol=1e-12, atol=1e-12)
+
+
+def test_alps_in_row_blocks_equals_one_block(rng, monkeypatch):
+    """Large layers run ADMM, G, (Hn + ρI)⁻¹ and the refit in blocks of rows: forced onto a small
+    problem, the blocked path gives the same support and objective as the one-block path."""
+    from layerprune.solvers import normalized
+
+    p = synthetic_problem(200, 64, 0.7, "unstructured", seed=int(rng.integers(1 << 30)), dtype=np.float64)
+    whole = solve(p, "alps", dtype="float64", local_search=False)
+    blocks = normalized.row_blocks
+    monkeypatch.setattr(normalized, "row_blocks", lambda r, c=0: blocks(r, c, min_rows=16, small=0))
+    assert len(normalized.row_blocks(200, 64)) == 4
+    blocked = solve(p, "alps", dtype="float64", local_search=False)
+    np.testing.assert_array_equal(blocked.mask, whole.mask)
+    assert abs(blocked.objective - whole.objective) <= 1e-9 * whole.objective
