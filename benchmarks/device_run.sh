@@ -7,5 +7,5 @@ mkdir -p /tmp/lp/layerprune && cp layerprune/__init__.py /tmp/lp/layerprune/
 for d in problems solvers baselines layerwise reports; do [ -f "$d/__init__.py" ] && ln -sfn "$PWD/$d" "/tmp/lp/layerprune/$d"; done
 export PYTHONPATH=/tmp/lp${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -P -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15
+python3 -P -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "${OUT:-.}/gpu_tests.log" | tail -15
 python3 benchmarks/gpu_bench.py "$@" 2>&1 | tee "${OUT:-.}/gpu_bench.log" | grep -v '^{"layer"'

@@ -14,6 +14,7 @@ and writes the rows as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -27,6 +28,27 @@ SHAPES = {  # name: (out, in) in the nn.Linear layout
 }
 METHODS = ["alps", "sparsegpt", "wanda", "admm_gradual"]
 VARIANTS = {"alps-eig64": ("alps", {"eig_dtype": "float64"}), "alps-tf32": ("alps", {"tf32": True})}  # extra rows: method name, options
+
+
+@contextlib.contextmanager
+def phase_peaks(mem: "PeakMemory"):
+    """Peak bytes per solver phase: each ``PhaseClock.lap(name)`` records the peak since the
+    previous lap and restarts the count from the bytes live then (ALPS: setup, admm, refit)."""
+    from layerprune.solvers.backend import PhaseClock
+
+    phases: dict[str, int] = {}
+    lap = PhaseClock.lap
+
+    def recording_lap(self, name):
+        phases[name] = mem.peak
+        mem.peak = mem.live
+        return lap(self, name)
+
+    PhaseClock.lap = recording_lap
+    try:
+        yield phases
+    finally:
+        PhaseClock.lap = lap
 
 
 def method_and_options(name: str):
@@ -111,17 +133,18 @@ def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[s
                             r = solve(p, name, device=dev, **opts)
                         peak = mem.peak  # bytes allocated during the solve and live at once
                         pool.free_all_blocks()
-                        with PeakMemory(xp) as mem:  # the method alone, without the harness's scoring
+                        with PeakMemory(xp) as mem, phase_peaks(mem) as phases:  # the method alone, unscored
                             get_method(name)(p, xp=xp, dtype=np.dtype(np.float32), cache={}, **opts)
-                        solver_peak = mem.peak
+                        solver_peak = max([mem.peak, *phases.values()])
                     else:
                         r, peak = solve(p, name, device=dev, **opts), float("nan")
-                        solver_peak = float("nan")
+                        solver_peak, phases = float("nan"), {}
                     rows.append({
                         "layer": label, "out": out, "in": inp, "pattern": pattern, "method": m,
                         "sparsity": round(r.sparsity, 4), "rel_error": r.relative_error, "seconds": r.seconds,
                         "iterations": r.iterations, "peak_bytes": peak, "weight_copies": peak / (out * inp * 4),
                         "solver_weight_copies": solver_peak / (out * inp * 4), "hessian_copies": inp * inp / (out * inp),
+                        "phase_weight_copies": {k: v / (out * inp * 4) for k, v in phases.items()},
                         "info": {k: v for k, v in r.info.items() if isinstance(v, (int, float, bool, str))},
                     })
                     print(json.dumps(rows[-1]), flush=True)
@@ -130,12 +153,13 @@ def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[s
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| layer | pattern | method | rel. error | seconds | iters | peak mem, solve (× W) | peak mem, method alone (× W) | in×in (× W) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| layer | pattern | method | rel. error | seconds | iters | peak mem, solve (× W) | peak mem, method alone (× W) | in×in (× W) | method's peak by phase (× W) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['layer']} | {r['pattern']} | {r['method']} | {r['rel_error']:.4f} | {r['seconds']:.3f} | "
-            f"{r['iterations']} | {r['weight_copies']:.1f} | {r['solver_weight_copies']:.1f} | {r['hessian_copies']:.2f} |"
+            f"{r['iterations']} | {r['weight_copies']:.1f} | {r['solver_weight_copies']:.1f} | {r['hessian_copies']:.2f} | "
+            + " / ".join(f"{k.removeprefix('seconds_')} {v:.1f}" for k, v in r["phase_weight_copies"].items()) + " |"
         )
     return "\n".join(lines)
 

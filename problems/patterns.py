@@ -113,7 +113,12 @@ def top_k_per_row(scores, counts):
         return xp.zeros(scores.shape, dtype=bool)
     if n <= 16:
         return _top_k_by_rank(scores, counts)
-    thresh = kth_largest_per_row(scores, counts)[:, None]
+    return _top_k_at_threshold(scores, counts, kth_largest_per_row(scores, counts))
+
+
+def _top_k_at_threshold(scores, counts, thresh):
+    """top_k_per_row given each row's count-th largest score ``thresh`` (rows,)."""
+    thresh = thresh[:, None]
     keep = scores > thresh
     need = counts - _row_sums(keep)  # how many entries equal to the threshold to add per row
     equal = scores == thresh
@@ -200,6 +205,40 @@ class Pattern:
         if self.kind == "row":
             return top_k_per_row(scores, int(round((1.0 - sparsity) * inp)))
         return _top_k_by_rank(scores.reshape(out, inp // self.m, self.m), self.n).reshape(out, inp)
+
+    def projection_mask(self, z, sparsity: float, scratch):
+        """The support of the projection of ``z``, i.e. ``mask(|z|)``, using ``scratch``
+        (an array of z's shape and dtype, overwritten) as the only full-size workspace.
+
+        The count-th largest |z| of each row (of the flattened layer for ``unstructured``) is
+        selected in place in ``scratch`` (NumPy's partition, the device's sort of one long
+        row; the device's radix select for many rows reads without writing), then |z| is
+        written there again: no copy of the scores, which keeps ALPS within its memory budget.
+        """
+        xp = array_module(z)
+        xp.abs(z, out=scratch)
+        if self.kind == "nm":
+            return self.mask(scratch, sparsity)
+        self.check_shape(z.shape)
+        if self.kind == "unstructured":
+            rows, count = 1, self.kept_per_layer(z.shape, sparsity)
+        else:
+            rows, count = z.shape[0], int(round((1.0 - sparsity) * z.shape[1]))
+        scores = scratch.reshape(rows, -1)
+        n = scores.shape[1]
+        if count <= 0 or n == 0:
+            return xp.zeros(z.shape, dtype=bool)
+        kth = n - min(count, n)
+        if xp is np:
+            scores.partition(kth, axis=1)
+            thresh = scores[:, kth].copy()
+        elif rows == 1:
+            scores.sort(axis=1)
+            thresh = scores[:, kth].copy()
+        else:
+            thresh = kth_largest_per_row(scores, count)
+        xp.abs(z, out=scratch)
+        return _top_k_at_threshold(scores, count, thresh).reshape(z.shape)
 
     def project(self, z, sparsity: float):
         """Euclidean projection of ``z`` onto the pattern: (projected z, mask)."""

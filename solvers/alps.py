@@ -125,11 +125,26 @@ def _local_search(norm: NormalizedProblem, mask, hn_buffer, max_swaps: int):
     return xp.asarray(new), swaps
 
 
+def _admm_step(norm: NormalizedProblem, Z, T, X_block, mask, M, rho: float) -> None:
+    """One X-update and dual update in place, block by block: Z ← X + Z ⊙ ¬mask with
+    X = (G + ρ (2 Z ⊙ mask − Z)) (Hn + ρI)⁻¹; T's rows and X_block are scratch."""
+    xp = norm.xp
+    for r in norm.blocks:
+        Zr, Tr, keep = Z[r], T[r], mask[r]
+        xp.multiply(Zr, keep, out=Tr)  # T = G + ρ (2 Dv − Z)
+        Tr *= 2.0
+        Tr -= Zr
+        Tr *= rho
+        Tr += norm.G[r]
+        Xr = xp.matmul(Tr, M, out=X_block[: Tr.shape[0]])  # X = T (Hn + ρI)⁻¹
+        Zr *= ~keep  # Z = X + V/ρ
+        Zr += Xr
+
+
 def _start(norm: NormalizedProblem, Z, T):
     """ADMM's starting point, written into Z: Dv = P(B), V = 0 (so Z = Dv); returns the mask."""
     norm.write_B(Z)
-    norm.xp.abs(Z, out=T)
-    mask = norm.mask(T)
+    mask = norm.projection_mask(Z, T)
     Z *= mask
     return mask
 
@@ -144,7 +159,7 @@ def _alps(
     clock = PhaseClock(xp)
     norm = NormalizedProblem(problem, xp, dtype, cache, eig_dtype=eig_dtype)
     clock.lap("seconds_setup")
-    G, k = norm.G, norm.kept
+    k = norm.kept
 
     # State: Z = X + V/ρ and its support. Since V ← V + ρ(X − Dv) with Dv = P(Z),
     # V/ρ = Z − Dv = Z ⊙ ¬mask, so Z alone carries both the split variable and the dual:
@@ -164,18 +179,8 @@ def _alps(
     it = 0
     while it < max_iter:
         it += 1
-        for r in norm.blocks:
-            Zr, Tr, keep = Z[r], T[r], mask[r]
-            xp.multiply(Zr, keep, out=Tr)  # T = G + ρ (2 Dv − Z)
-            Tr *= 2.0
-            Tr -= Zr
-            Tr *= rho
-            Tr += G[r]
-            Xr = xp.matmul(Tr, M, out=X_block[: Tr.shape[0]])  # X = T (Hn + ρI)⁻¹
-            Zr *= ~keep  # Z = X + V/ρ
-            Zr += Xr
-        xp.abs(Z, out=T)
-        mask = norm.mask(T)  # Dv = P(Z) = Z ⊙ mask
+        _admm_step(norm, Z, T, X_block, mask, M, rho)
+        mask = norm.projection_mask(Z, T)  # Dv = P(Z) = Z ⊙ mask
         if it % check_every:
             continue
         changed = int(xp.count_nonzero(mask != mask_at_check))

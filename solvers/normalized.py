@@ -85,6 +85,10 @@ class NormalizedProblem:
         """(P(Z), mask): keep the largest |Z| the pattern allows."""
         return self.pattern.project(Z, self.sparsity if sparsity is None else sparsity)
 
+    def projection_mask(self, Z, scratch):
+        """Support of P(Z) at the problem's sparsity; ``scratch`` (Z's shape) is overwritten."""
+        return self.pattern.projection_mask(Z, self.sparsity, scratch)
+
     def mask(self, scores, sparsity: float | None = None):
         return self.pattern.mask(scores, self.sparsity if sparsity is None else sparsity)
 
@@ -111,7 +115,10 @@ class NormalizedProblem:
         """
         total = 0.0
         for r in self.blocks:
-            EQ = (X[r] - self.B_rows(r)) @ self.Q
+            E = self.B_rows(r)
+            self.xp.subtract(X[r], E, out=E)
+            EQ = E @ self.Q
+            del E
             EQ *= EQ
             total += float(self.xp.sum(EQ @ self.lam))
         return total / self.energy

@@ -211,3 +211,15 @@ def test_nm_rank_selection_matches_reference(rng):
     keep = parse_pattern("2:4").mask(scores, 0.5)
     ref = _reference_top_k(scores.reshape(-1, 4), [2] * (scores.size // 4)).reshape(scores.shape)
     np.testing.assert_array_equal(keep, ref)
+
+
+@pytest.mark.parametrize("name,sparsity", [("unstructured", 0.7), ("unstructured", 0.0), ("row", 0.6), ("2:4", 0.5)])
+def test_projection_mask_in_scratch_equals_mask_of_abs(rng, name, sparsity):
+    """ALPS's in-place projection (selection inside a scratch array) gives mask(|z|), ties included."""
+    pat = parse_pattern(name)
+    z = rng.integers(-3, 4, size=(12, 40)).astype(np.float32)  # ties and zeros
+    scratch = np.empty_like(z)
+    np.testing.assert_array_equal(pat.projection_mask(z, sparsity, scratch), pat.mask(np.abs(z), sparsity))
+    z = rng.standard_normal((3, 4)).astype(np.float32)  # a tiny layer (the rank path of mask)
+    if name != "2:4":
+        np.testing.assert_array_equal(pat.projection_mask(z, sparsity, np.empty_like(z)), pat.mask(np.abs(z), sparsity))
