@@ -19,22 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from layerprune.solvers.backend import array_module
-
-
-def _count_at_least(u, cand, chunk: int = 4096):
-    """#{u ≥ cand} per row (rows,); long rows are reduced in chunks so the GPU sums them in parallel."""
-    rows, n = u.shape
-    if rows == 1 and n > chunk:  # one long row: a (n/chunk × chunk) view plus the tail
-        full = n - n % chunk
-        flat = u.reshape(-1)
-        count = (flat[:full].reshape(-1, chunk) >= cand[0]).sum(axis=1).sum()
-        if full < n:
-            count = count + (flat[full:] >= cand[0]).sum()
-        return count.reshape(1)
-    if rows < 1024 and n > chunk and n % chunk == 0:
-        return (u.reshape(rows, -1, chunk) >= cand[:, None, None]).sum(axis=2).sum(axis=1)
-    return (u >= cand[:, None]).sum(axis=1)
+from layerprune.solvers.backend import array_module, count_at_least
 
 
 def _as_counts(counts, rows: int, xp):
@@ -51,20 +36,18 @@ def kth_largest_per_row(scores, counts, method: str | None = None):
     (``np.partition``) or sorts. On the GPU a radix select on the float bit patterns
     (monotone for nonnegative floats) finds it in one counting pass per bit, all on the
     device and without a copy of ``scores``: ``prefix`` stays the largest v with
-    #{u ≥ v} ≥ count, which ends at the count-th largest.
+    #{u ≥ v} ≥ count, which ends at the count-th largest. Each pass is one fused
+    reduction (``solvers.backend.count_at_least``).
     """
     xp = array_module(scores)
     rows, n = scores.shape
-    # method: "sort" (NumPy's default; on the GPU for one long row, where the device's radix
-    # sort is fastest) or "radix" (the GPU's default for many rows; also runs on NumPy for tests).
-    method = method or ("radix" if xp is not np and rows > 1 else "sort")
+    # method: "sort" (NumPy's default) or "radix" (the GPU's; also runs on NumPy for tests).
+    method = method or ("sort" if xp is np else "radix")
     uniform = isinstance(counts, (int, np.integer))
     if method == "sort":
         if xp is np and (uniform or bool((counts == counts[0]).all())):  # one k for all rows: O(n) selection
             kth = n - int(np.clip(counts if uniform else counts[0], 1, n))
             return np.partition(scores, kth, axis=1)[:, kth]
-        if rows == 1:
-            return xp.sort(scores.ravel())[n - int(np.clip(counts if uniform else int(counts[0]), 1, n))][None]
         idx = xp.clip(_as_counts(counts, rows, xp) - 1, 0, n - 1)
         return xp.take_along_axis(-xp.sort(-scores, axis=1), idx[:, None], axis=1)[:, 0]
     utype = {4: xp.uint32, 8: xp.uint64}[scores.dtype.itemsize]
@@ -73,7 +56,7 @@ def kth_largest_per_row(scores, counts, method: str | None = None):
     need = max(int(counts), 1) if uniform else xp.maximum(counts, 1)
     for bit in range(8 * scores.dtype.itemsize - 1, -1, -1):
         cand = prefix | utype(1 << bit)
-        prefix = xp.where(_count_at_least(u, cand) >= need, cand, prefix)
+        prefix = xp.where(count_at_least(u, cand) >= need, cand, prefix)
     return prefix.view(scores.dtype)
 
 
@@ -123,7 +106,8 @@ def _top_k_at_threshold(scores, counts, thresh):
     need = counts - _row_sums(keep)  # how many entries equal to the threshold to add per row
     equal = scores == thresh
     if not bool((_row_sums(equal) > need).any()):  # no row has more ties than places (the usual case)
-        return keep | equal
+        keep |= equal
+        return keep
     _add_first_ties(keep, equal, need)
     return keep
 
@@ -211,9 +195,9 @@ class Pattern:
         (an array of z's shape and dtype, overwritten) as the only full-size workspace.
 
         The count-th largest |z| of each row (of the flattened layer for ``unstructured``) is
-        selected in place in ``scratch`` (NumPy's partition, the device's sort of one long
-        row; the device's radix select for many rows reads without writing), then |z| is
-        written there again: no copy of the scores, which keeps ALPS within its memory budget.
+        selected in ``scratch``: in place by NumPy's partition (then |z| is written there
+        again), by the device's radix select without writing. No copy of the scores is made,
+        which keeps ALPS within its memory budget.
         """
         xp = array_module(z)
         xp.abs(z, out=scratch)
@@ -228,16 +212,13 @@ class Pattern:
         n = scores.shape[1]
         if count <= 0 or n == 0:
             return xp.zeros(z.shape, dtype=bool)
-        kth = n - min(count, n)
-        if xp is np:
+        if xp is np:  # select in place, then write |z| again
+            kth = n - min(count, n)
             scores.partition(kth, axis=1)
             thresh = scores[:, kth].copy()
-        elif rows == 1:
-            scores.sort(axis=1)
-            thresh = scores[:, kth].copy()
-        else:
+            xp.abs(z, out=scratch)
+        else:  # the radix select only reads the scores
             thresh = kth_largest_per_row(scores, count)
-        xp.abs(z, out=scratch)
         return _top_k_at_threshold(scores, count, thresh).reshape(z.shape)
 
     def project(self, z, sparsity: float):

@@ -24,6 +24,41 @@ def _cupy():
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def _count_ge_kernel():
+    """A CuPy reduction: #{u ≥ cand} along an axis, reading ``u`` once (no boolean temporary)."""
+    return _cupy().ReductionKernel("T u, T cand", "int64 c", "u >= cand ? 1 : 0", "a + b", "c = a", "0", "count_ge")
+
+
+def _count_ge(u, cand, axis: int):
+    """#{u ≥ cand} along ``axis`` (cand broadcast against u): NumPy compares and sums,
+    CuPy runs one fused reduction."""
+    if array_module(u) is np:
+        return (u >= cand).sum(axis=axis)
+    return _count_ge_kernel()(u, cand, axis=axis)
+
+
+def count_at_least(u, cand, chunk: int = 4096):
+    """#{u[i, j] ≥ cand[i]} per row (rows,), for u (rows × n) and cand (rows,) of one dtype.
+
+    A GPU reduction gives each output row to one block of threads, so a few long rows are
+    first counted in chunks of ``chunk`` entries (many outputs, all in parallel), then summed.
+    This is what makes the bitwise radix select (32 such passes) cheap and copy-free.
+    """
+    rows, n = u.shape
+    if rows >= 1024 or n <= chunk:
+        return _count_ge(u, cand[:, None], axis=1)
+    if rows == 1:  # one long row: an (n/chunk × chunk) view plus the tail
+        flat, full = u.reshape(-1), n - n % chunk
+        count = _count_ge(flat[:full].reshape(-1, chunk), cand[0], axis=1).sum()
+        if full < n:
+            count = count + _count_ge(flat[full:], cand[0], axis=0)
+        return count.reshape(1)
+    if n % chunk == 0:
+        return _count_ge(u.reshape(rows, -1, chunk), cand[:, None, None], axis=2).sum(axis=1)
+    return _count_ge(u, cand[:, None], axis=1)
+
+
 def gpu_available() -> bool:
     """True when CuPy is installed and sees at least one CUDA device."""
     return _cupy() is not None

@@ -222,6 +222,19 @@ def test_numpy_and_cupy_agree(pattern, sparsity):
 
 
 @pytest.mark.gpu
+def test_numpy_and_cupy_agree_in_row_blocks():
+    """A layer above 1M entries runs ADMM, G, the inverse and the refit in blocks of rows."""
+    from layerprune.solvers.normalized import row_blocks
+
+    p = synthetic_problem(1024, 1536, 0.7, "unstructured", seed=22)
+    assert len(row_blocks(*p.shape)) == 4
+    cpu = solve(p, "alps", device="cpu", dtype="float64")
+    gpu = solve(p, "alps", device="cuda", dtype="float64")
+    assert (cpu.mask != gpu.mask).mean() < 1e-3
+    assert gpu.objective == pytest.approx(cpu.objective, rel=1e-4)
+
+
+@pytest.mark.gpu
 def test_torch_cuda_tensors_cross_without_copy():
     import torch
 

@@ -169,7 +169,7 @@ def test_m_must_divide_the_input_dimension():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1, 5000), (3, 9000), (40, 37)])
+@pytest.mark.parametrize("shape", [(1, 5000), (3, 9000), (2, 8192), (40, 37)])
 def test_radix_select_matches_sort(rng, dtype, shape):
     """The GPU's radix select (bitwise on float patterns, chunked counts), run on NumPy."""
     from layerprune.problems.patterns import kth_largest_per_row
@@ -223,3 +223,25 @@ def test_projection_mask_in_scratch_equals_mask_of_abs(rng, name, sparsity):
     z = rng.standard_normal((3, 4)).astype(np.float32)  # a tiny layer (the rank path of mask)
     if name != "2:4":
         np.testing.assert_array_equal(pat.projection_mask(z, sparsity, np.empty_like(z)), pat.mask(np.abs(z), sparsity))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(1, 3_000_001), (3, 9000), (2, 8192), (2048, 300)])
+def test_gpu_radix_select_and_projection_match_numpy(rng, shape):
+    """The device's radix select (fused counting kernel) and ALPS's in-scratch projection
+    against NumPy's sort, with ties, on every counting branch."""
+    import cupy
+
+    from layerprune.problems.patterns import kth_largest_per_row
+
+    scores = np.abs(rng.standard_normal(shape)).astype(np.float32)
+    scores[:, : shape[1] // 4] = scores[:, :1]  # many ties
+    counts = rng.integers(1, shape[1] + 1, size=shape[0])
+    got = kth_largest_per_row(cupy.asarray(scores), cupy.asarray(counts))
+    np.testing.assert_array_equal(cupy.asnumpy(got), kth_largest_per_row(scores, counts, method="sort"))
+    z = (scores * rng.choice([-1.0, 1.0], size=shape)).astype(np.float32)
+    for name, s in [("unstructured", 0.7), ("row", 0.6)]:
+        pat = parse_pattern(name)
+        zg = cupy.asarray(z)
+        gpu = pat.projection_mask(zg, s, cupy.empty_like(zg))
+        np.testing.assert_array_equal(cupy.asnumpy(gpu), pat.mask(np.abs(z), s))
