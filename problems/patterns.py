@@ -21,6 +21,8 @@ import numpy as np
 
 from layerprune.solvers.backend import array_module, count_at_least
 
+SMALL = 1 << 20  # entries (4 MiB in float32): below this the GPU selects by sorting
+
 
 def _as_counts(counts, rows: int, xp):
     """Per-row counts as an int64 array (rows,); a Python int applies to every row."""
@@ -41,8 +43,10 @@ def kth_largest_per_row(scores, counts, method: str | None = None):
     """
     xp = array_module(scores)
     rows, n = scores.shape
-    # method: "sort" (NumPy's default) or "radix" (the GPU's; also runs on NumPy for tests).
-    method = method or ("sort" if xp is np else "radix")
+    # method: "sort" (NumPy's default; the GPU's up to SMALL entries, where one sort costs fewer
+    # kernel launches than 32 counting passes and its copy is small) or "radix" (the GPU's for
+    # larger arrays: no copy of the scores; also runs on NumPy for tests).
+    method = method or ("sort" if xp is np or scores.size <= SMALL else "radix")
     uniform = isinstance(counts, (int, np.integer))
     if method == "sort":
         if xp is np and (uniform or bool((counts == counts[0]).all())):  # one k for all rows: O(n) selection
@@ -217,7 +221,7 @@ class Pattern:
             scores.partition(kth, axis=1)
             thresh = scores[:, kth].copy()
             xp.abs(z, out=scratch)
-        else:  # the radix select only reads the scores
+        else:  # the radix select only reads the scores (small arrays are sorted: a small copy)
             thresh = kth_largest_per_row(scores, count)
         return _top_k_at_threshold(scores, count, thresh).reshape(z.shape)
 
