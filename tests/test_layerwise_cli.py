@@ -179,6 +179,92 @@ def test_demo_table_on_a_tiny_model(files, capsys):
     assert "| sparsegpt | 0.70 |" in table and "| magnitude | 0.70 |" in table
 
 
+def _demo_kwargs(files):
+    return dict(calib=str(files / "text.txt"), text=str(files / "text.txt"), nsamples=4, seqlen=32, eval_tokens=512,
+                progress=False)
+
+
+def test_demo_several_settings_in_one_run(files, tmp_path):
+    from layerprune.layerwise.pipeline import run_demo
+    from layerprune.problems import parse_pattern
+
+    lines = []
+    out = tmp_path / "grid.json"
+    result = run_demo(str(files / "tiny"), ("wanda", "sparsegpt"), settings="0.5,0.8,2:4", output=out,
+                      echo=lines.append, **_demo_kwargs(files))
+    rows = result["rows"]
+    assert [(r["setting"], r["method"]) for r in rows] == [
+        ("0.5 unstructured", "wanda"), ("0.5 unstructured", "sparsegpt"), ("0.8 unstructured", "wanda"),
+        ("0.8 unstructured", "sparsegpt"), ("2:4", "wanda"), ("2:4", "sparsegpt")]
+    for r in rows:
+        pattern = parse_pattern(r["pattern"])
+        assert len(r["layers"]) == 14 and r["perplexity"] > 0 and r["prune_seconds"] >= 0
+        for e in r["layers"]:  # every layer at the exact target
+            assert e["kept"] == e["target_kept"] == pattern.kept_per_layer(tuple(e["shape"]), r["target_sparsity"])
+        assert r["ratio"] == pytest.approx(r["perplexity"] / result["dense_perplexity"])
+    assert result["complete"] and json.loads(out.read_text()) == json.loads(json.dumps(result))
+    table = lines[-1]
+    assert "| setting | method | sparsity | perplexity | × dense | mean rel. error | pruning s |" in table
+    assert "| 0.8 unstructured | sparsegpt | 0.80 |" in table and "| 2:4 | wanda | 0.50 |" in table
+    assert table.count("\n| ") == 2 + 1 + 6  # header, rule, dense, one row per (setting, method)
+
+    # each row starts from the dense model: a row equals the same setting run on its own
+    alone = run_demo(str(files / "tiny"), ("sparsegpt",), settings=[0.8], echo=lambda *a: None, **_demo_kwargs(files))
+    assert alone["dense_perplexity"] == result["dense_perplexity"]
+    assert alone["rows"][0]["perplexity"] == rows[3]["perplexity"]
+    assert alone["rows"][0]["layers"] == [dict(e, seconds=a["seconds"]) for e, a in zip(rows[3]["layers"], alone["rows"][0]["layers"])]
+
+
+def test_demo_writes_each_row_as_it_finishes(files, tmp_path, monkeypatch):
+    import layerprune.layerwise.pipeline as pipeline
+
+    real, calls = pipeline.prune_model, {"n": 0}
+
+    def dies_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("the machine went away")
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "prune_model", dies_third)
+    out = tmp_path / "grid.json"
+    with pytest.raises(RuntimeError, match="went away"):
+        pipeline.run_demo(str(files / "tiny"), ("magnitude",), settings="0.5,0.6,0.7", output=out,
+                          echo=lambda *a: None, **_demo_kwargs(files))
+    saved = json.loads(out.read_text())
+    assert not saved["complete"] and [r["setting"] for r in saved["rows"]] == ["0.5 unstructured", "0.6 unstructured"]
+    assert saved["dense_perplexity"] > 0 and list(tmp_path.iterdir()) == [out]  # no temporary files left
+
+
+def test_demo_command_line(files, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "grid.json"
+    args = ["demo", "--model", str(files / "tiny"), "--calib", str(files / "text.txt"), "--text", str(files / "text.txt"),
+            "--nsamples", "4", "--seqlen", "32", "--eval-tokens", "512", "--quiet"]
+    assert main([*args, "--settings", "0.6,2:4", "--methods", "magnitude,wanda", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| 0.6 unstructured | magnitude | 0.60 |" in printed and "| 2:4 | wanda | 0.50 |" in printed
+    assert len(json.loads(out.read_text())["rows"]) == 4
+    assert main([*args, "--settings", "0.6", "--sparsity", "0.5"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main([*args, "--settings", "0.6,half"]) == 2
+    assert "a setting is a sparsity" in capsys.readouterr().err
+    assert main([*args, "--settings", "0.6,1.5"]) == 2  # checked before anything slow
+    assert "[0, 1)" in capsys.readouterr().err
+
+
+def test_demo_defaults_are_unchanged(monkeypatch):
+    import layerprune.layerwise.pipeline as pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "run_demo", lambda *a, **k: seen.update(args=a, kwargs=k))
+    assert main(["demo"]) == 0
+    assert seen["args"] == ("smollm2", ("alps", "sparsegpt", "wanda"))
+    k = seen["kwargs"]
+    assert k["settings"] is None and k["sparsity"] == 0.7 and k["pattern"] == "unstructured"
+    assert (k["nsamples"], k["seqlen"], k["eval_tokens"], k["device"]) == (16, 512, 8192, "cpu")
+    assert (k["calib"], k["text"], k["batch_size"], k["eval_batch_size"], k["output"]) == ("wiki", "wiki-test", 8, 1, None)
+
+
 def test_limit_threads_sets_and_restores(files, capsys):
     from layerprune.layerwise.threads import limit_threads
 

@@ -144,6 +144,8 @@ def test_resume_equals_an_uninterrupted_run(method, calib, tmp_path):
     with pytest.raises(Crash):
         prune_model(part, calib, PruneSettings(**settings), checkpoint=ckpt, after_block=_crash_after(1), progress=False)
     assert Checkpoint(ckpt).read_state()["next_block"] == 2
+    # weights only: no activations are written, block 2's inputs are recomputed on resume
+    assert sorted(f.name for f in ckpt.iterdir()) == ["block_0000.safetensors", "block_0001.safetensors", "state.json"]
     with pytest.raises(LayerwiseError, match="--resume"):
         prune_model(tiny_model("llama", layers=3), calib, PruneSettings(**settings), checkpoint=ckpt, progress=False)
 
@@ -214,3 +216,104 @@ def test_seqlen_longer_than_the_context(stream):
     ids = data.sample_segments(stream, 2, 200)
     with pytest.raises(LayerwiseError, match="longer than the model's context of 128"):
         prune_model(tiny_model("llama"), ids, PruneSettings(method="wanda", sparsity=0.5), progress=False)
+
+
+def test_old_checkpoint_format_is_refused(calib, tmp_path):
+    import json
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Crash):
+        prune_model(tiny_model("llama"), calib, PruneSettings(method="wanda", sparsity=0.5), checkpoint=ckpt,
+                    after_block=_crash_after(0), progress=False)
+    state = json.loads((ckpt / "state.json").read_text())
+    (ckpt / "state.json").write_text(json.dumps(dict(state, version=1)))
+    with pytest.raises(LayerwiseError, match="format 1"):
+        prune_model(tiny_model("llama"), calib, PruneSettings(method="wanda", sparsity=0.5), checkpoint=ckpt,
+                    resume=True, progress=False)
+
+
+# -- one Hessian per distinct input ------------------------------------------------------
+EXPECTED_GROUPS = {
+    "llama": [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+              ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]],
+    "opt": [["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"], ["self_attn.out_proj"], ["fc1"], ["fc2"]],
+    "gpt_neox": [["attention.query_key_value"], ["attention.dense"], ["mlp.dense_h_to_4h"], ["mlp.dense_4h_to_h"]],
+}
+EXPECTED_GROUPS["qwen2"] = EXPECTED_GROUPS["llama"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_hessian_per_distinct_input(family, calib):
+    """Shared accumulation gives the H of separate accumulation (and of a float64 recomputation
+    from the captured inputs) and groups the layers that read one input tensor."""
+    from layerprune.layerwise.blocks import capture_inputs, collect_hessians, run_block
+
+    model = tiny_model(family)
+    _, blocks = find_blocks(model)
+    inputs = capture_inputs(model, calib, 3)
+    inputs = run_block(blocks[0], inputs)  # block 1: inputs that went through a block
+    block = blocks[1]
+    linears = block_linears(block)
+    seen = {name: [] for name in linears}
+    handles = [lin.register_forward_hook(lambda _m, inp, _o, name=name: seen[name].append(inp[0].detach().clone()))
+               for name, lin in linears.items()]
+    hessians, groups, outputs = collect_hessians(block, inputs, "cpu", keep_outputs=True)
+    for h in handles:
+        h.remove()
+    separate, singles, _ = collect_hessians(block, inputs, "cpu", share=False)
+
+    assert list(hessians) == list(linears)
+    assert sorted(map(sorted, groups)) == sorted(map(sorted, EXPECTED_GROUPS[family]))
+    assert singles == [[name] for name in linears]
+    X = {name: torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]).double() for name, xs in seen.items()}
+    for group in groups:  # a group's layers read equal inputs (layers reading equal copies need not share)
+        assert all(torch.equal(X[name], X[group[0]]) for name in group)
+    for group in groups:
+        assert all(hessians[name] is hessians[group[0]] for name in group)  # one tensor per group
+    for name, x in X.items():
+        H64 = x.T @ x / x.shape[0]
+        assert hessians[name].dtype == torch.float32
+        assert torch.equal(hessians[name], separate[name]), name  # same float32 arithmetic, same bits
+        assert torch.allclose(hessians[name].double(), H64, rtol=1e-5, atol=1e-5 * float(H64.abs().max())), name
+    expected_out = run_block(block, inputs)
+    assert all(torch.equal(a, b) for a, b in zip(outputs.hidden, expected_out.hidden))
+
+
+class _Fickle(torch.nn.Module):
+    """b reads a's input on even calls and a copy of it on odd calls: the grouping changes between batches."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 2)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.a(x).sum() + self.b(x if self.calls % 2 else x + 0.0).sum()
+
+
+def test_hessian_grouping_that_changes_between_batches_falls_back_to_one_per_layer():
+    from layerprune.layerwise.blocks import BlockInputs, collect_hessians
+
+    torch.manual_seed(0)
+    xs = [torch.randn(2, 5, 4) for _ in range(3)]
+    hessians, groups, _ = collect_hessians(_Fickle(), BlockInputs(xs, [((), {})] * 3), "cpu")
+    assert groups == [["a"], ["b"]]
+    X = torch.cat([x.reshape(-1, 4) for x in xs]).double()
+    for H in hessians.values():
+        assert torch.allclose(H.double(), X.T @ X / X.shape[0], atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_prune_on_the_gpu():
+    """Blocks, Hessians and solver on the GPU: every layer at its exact target, errors as on the CPU."""
+    calib = data.sample_segments(data.token_stream(byte_tokenizer(), [tiny_text(3000)]), 8, SEQLEN, seed=0)
+    for method in ("wanda", "sparsegpt", "alps"):
+        logs = {}
+        for device in ("cpu", "cuda"):
+            model = tiny_model("llama")
+            logs[device] = prune_model(model, calib, PruneSettings(method=method, sparsity=0.6, device=device),
+                                       progress=False)
+            assert all(e["kept"] == e["target_kept"] for e in logs[device]["layers"])
+            assert all(p.device.type == "cpu" for p in model.parameters())  # blocks go back home
+        assert logs["cuda"]["mean_relative_error"] == pytest.approx(logs["cpu"]["mean_relative_error"], rel=0.05)

@@ -226,7 +226,7 @@ def test_projection_mask_in_scratch_equals_mask_of_abs(rng, name, sparsity):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", [(1, 3_000_001), (3, 9000), (2, 8192), (2048, 300)])
+@pytest.mark.parametrize("shape", [(1, 3_000_001), (3, 9000), (2, 8192), (2048, 300), (600, 4096)])
 def test_gpu_radix_select_and_projection_match_numpy(rng, shape):
     """The device's radix select (fused counting kernel) and ALPS's in-scratch projection
     against NumPy's sort, with ties, on every counting branch."""
@@ -237,8 +237,10 @@ def test_gpu_radix_select_and_projection_match_numpy(rng, shape):
     scores = np.abs(rng.standard_normal(shape)).astype(np.float32)
     scores[:, : shape[1] // 4] = scores[:, :1]  # many ties
     counts = rng.integers(1, shape[1] + 1, size=shape[0])
-    got = kth_largest_per_row(cupy.asarray(scores), cupy.asarray(counts))
-    np.testing.assert_array_equal(cupy.asnumpy(got), kth_largest_per_row(scores, counts, method="sort"))
+    expected = kth_largest_per_row(scores, counts, method="sort")
+    for method in ("radix", "sort", None):  # None: the size-based default
+        got = kth_largest_per_row(cupy.asarray(scores), cupy.asarray(counts), method=method)
+        np.testing.assert_array_equal(cupy.asnumpy(got), expected)
     z = (scores * rng.choice([-1.0, 1.0], size=shape)).astype(np.float32)
     for name, s in [("unstructured", 0.7), ("row", 0.6)]:
         pat = parse_pattern(name)
