@@ -126,37 +126,80 @@ def run_block(block: nn.Module, inputs: BlockInputs) -> BlockInputs:
     return BlockInputs(outs, inputs.extras)
 
 
+def _same_input(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two layer inputs are the same data: the same tensor, or a view of the same
+    memory with the same shape, strides and dtype that was not written to in between."""
+    return a is b or (
+        a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+        and a.dtype == b.dtype and a.device == b.device and a._version == b._version
+    )
+
+
 @torch.no_grad()
 def collect_hessians(
-    block: nn.Module, inputs: BlockInputs, device: str | torch.device, keep_outputs: bool = False
-) -> tuple[dict[str, torch.Tensor], BlockInputs | None]:
-    """Each linear's H = XᵀX / n (in × in, float32) from its inputs X (n × in), with forward hooks;
-    with ``keep_outputs`` also the block's outputs from the same pass (else None)."""
+    block: nn.Module, inputs: BlockInputs, device: str | torch.device, keep_outputs: bool = False, *, share: bool = True
+) -> tuple[dict[str, torch.Tensor], list[list[str]], BlockInputs | None]:
+    """Each linear's H = XᵀX / n (in × in, float32) from its inputs X (n × in), with forward hooks.
+
+    Linears that read the very same input tensor in a forward call (q/k/v, gate/up: the
+    hook sees the tensor the previous linear saw) share one accumulator, so XᵀX is formed
+    once per distinct input; they form a *group* and map to one H tensor (the same object).
+    Returns (H by layer name in module order, the groups in layer order, the block's
+    outputs from the same pass when ``keep_outputs`` else None). Should the grouping differ
+    between mini-batches (it never does for a deterministic forward), the pass is repeated
+    with one accumulator per layer (``share=False``).
+    """
     linears = block_linears(block)
-    accs = {name: HessianAccumulator(lin.in_features, device=device) for name, lin in linears.items()}
-    handles = [
-        lin.register_forward_hook(lambda _m, inp, _out, acc=accs[name]: acc.add(inp[0]))
-        for name, lin in linears.items()
-    ]
+    accs: dict[str, HessianAccumulator] = {}
+    state: dict[str, Any] = {"last": None, "leader": None, "seen": {}}
+
+    def hook(name: str, lin: nn.Linear):
+        def fn(_m, inp, _out) -> None:
+            x = inp[0]
+            if share and state["last"] is not None and _same_input(x, state["last"]):
+                leader = state["leader"]
+            else:
+                # keep a reference: its memory cannot be reused by another tensor while we compare against it
+                leader, state["last"], state["leader"] = name, x, name
+            state["seen"][name] = leader
+            if leader == name:
+                if name not in accs:
+                    accs[name] = HessianAccumulator(lin.in_features, device=device)
+                accs[name].add(x)
+
+        return fn
+
+    handles = [lin.register_forward_hook(hook(name, lin)) for name, lin in linears.items()]
+    leaders: dict[str, str] | None = None
+    outs = []
+    consistent = True
     try:
-        outputs = run_block(block, inputs)
-        if not keep_outputs:
-            outputs = None
+        for h, (args, kwargs) in zip(inputs.hidden, inputs.extras):
+            state.update(last=None, leader=None, seen={})
+            out = _first(block(h, *args, **kwargs))
+            if keep_outputs:
+                outs.append(out)
+            if leaders is None:
+                leaders = dict(state["seen"])
+            elif state["seen"] != leaders:
+                consistent = False
+                break
     finally:
+        state.update(last=None, leader=None, seen={})
         for handle in handles:
             handle.remove()
-    return {name: acc.hessian() / acc.count for name, acc in accs.items()}, outputs
-
-
-def share_groups(hessians: dict[str, torch.Tensor]) -> list[list[str]]:
-    """Layers whose Hessians are identical (they read the same input: q/k/v, gate/up), in layer order."""
-    groups: list[list[str]] = []
-    for name, H in hessians.items():
-        for group in groups:
-            ref = hessians[group[0]]
-            if ref.shape == H.shape and torch.equal(ref, H):
-                group.append(name)
-                break
-        else:
-            groups.append([name])
-    return groups
+    if not consistent:
+        return collect_hessians(block, inputs, device, keep_outputs, share=False)
+    leaders = leaders or {}
+    missing = [name for name in linears if name not in leaders]
+    if missing:
+        raise LayerwiseError(f"{type(block).__name__}: the linear layer(s) {', '.join(missing)} never ran in the block's forward pass")
+    groups: dict[str, list[str]] = {}
+    for name in linears:
+        groups.setdefault(leaders[name], []).append(name)
+    hessians: dict[str, torch.Tensor] = {}
+    for leader, members in groups.items():
+        H = accs[leader].hessian() / accs[leader].count
+        for name in members:
+            hessians[name] = H
+    return hessians, list(groups.values()), (BlockInputs(outs, inputs.extras) if keep_outputs else None)

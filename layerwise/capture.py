@@ -73,12 +73,15 @@ def capture_problems(
         home = next(block.parameters()).device
         block.to(device)
         if index in chosen:
-            hessians, inputs = collect_hessians(block, inputs, device, keep_outputs=True)
+            hessians, groups, inputs = collect_hessians(block, inputs, device, keep_outputs=True)
             linears = block_linears(block)
-            for name, H in hessians.items():
+            on_cpu: dict[str, torch.Tensor] = {}
+            for group in groups:  # one host copy per distinct input
+                on_cpu.update(dict.fromkeys(group, hessians[group[0]].cpu()))
+            for name in hessians:
                 problem = LayerProblem(
                     weight=linears[name].weight.detach().float().cpu(),
-                    hessian=H.cpu(),
+                    hessian=on_cpu[name],
                     sparsity=sparsity,
                     pattern=pattern,
                     damping=damping,

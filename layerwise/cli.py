@@ -5,7 +5,7 @@
     layerprune capture --model smollm2 --calib wiki --layers 0,15,29 --output problems/
     layerprune solve   problems/layer.npz --method alps --sparsity 0.8
     layerprune compare problems/ --methods alps,sparsegpt,wanda,magnitude --sparsity 0.5,0.6,0.7,0.8,0.9 --output report/
-    layerprune demo
+    layerprune demo    [--settings 0.5,0.7,0.8,2:4 --methods alps,sparsegpt,wanda,magnitude --device cuda --output grid.json]
 
 Nothing is downloaded: models and text come from installed packages or local paths.
 Bad inputs end with one ``layerprune: error: …`` line and exit status 2.
@@ -125,15 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", default=None)
 
-    p = sub.add_parser("demo", help="prune SmolLM2 at 70%% with alps, sparsegpt, wanda on CPU; print a table")
+    p = sub.add_parser("demo", help="prune SmolLM2 at 70%% with alps, sparsegpt, wanda on CPU; print a table "
+                                    "(or several settings × methods in one run)")
     p.add_argument("--model", default="smollm2")
     p.add_argument("--methods", default="alps,sparsegpt,wanda")
-    p.add_argument("--sparsity", type=float, default=0.7)
-    p.add_argument("--pattern", default="unstructured")
+    p.add_argument("--settings", default=None,
+                   help="several settings in one run, e.g. 0.5,0.7,0.8,2:4 (a number: unstructured sparsity; N:M: "
+                        "that pattern); each is run with each of --methods")
+    p.add_argument("--sparsity", type=float, default=None, help="the one sparsity when --settings is not given (default 0.7)")
+    p.add_argument("--pattern", default=None, help="the one pattern when --settings is not given (default unstructured)")
+    p.add_argument("--calib", default="wiki", help="'wiki', or a text file/folder (default wiki)")
+    p.add_argument("--text", default="wiki-test", help="evaluation text: 'wiki-test' or a file/folder")
     p.add_argument("--nsamples", type=int, default=None, help="calibration segments (default 16)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per segment and window (default 512)")
-    p.add_argument("--eval-tokens", type=int, default=None, help="evaluation tokens (default 8192)")
-    p.add_argument("--output", default=None, help="also write the results as JSON here")
+    p.add_argument("--eval-tokens", type=int, default=None, help="evaluation tokens (default 8192; 0: the whole text)")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per block forward (default 8)")
+    p.add_argument("--eval-batch-size", type=int, default=1, help="windows per perplexity forward (default 1)")
+    p.add_argument("--output", default=None, help="also write the results as JSON here (rewritten after every row)")
     p.add_argument("--quiet", action="store_true")
     _add_device(p, threads=1)  # one thread is 2-3x faster on a shared 2-core machine (layerwise/threads.py)
     return parser
@@ -230,15 +238,19 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from layerprune.layerwise.pipeline import DEMO_DEFAULTS, _write_json, run_demo
+    from layerprune.layerwise.pipeline import DEMO_DEFAULTS, run_demo
 
-    result = run_demo(
-        a.model, tuple(_names(a.methods)), sparsity=a.sparsity, pattern=a.pattern,
-        nsamples=a.nsamples or DEMO_DEFAULTS["nsamples"], seqlen=a.seqlen or DEMO_DEFAULTS["seqlen"],
-        eval_tokens=a.eval_tokens or DEMO_DEFAULTS["eval_tokens"], device=a.device, progress=not a.quiet,
+    if a.settings is not None and (a.sparsity is not None or a.pattern is not None):
+        raise LayerwiseError("give either --settings or --sparsity/--pattern, not both")
+    pattern = a.pattern or "unstructured"
+    sparsity = a.sparsity if a.sparsity is not None or ":" in pattern else 0.7
+    eval_tokens = DEMO_DEFAULTS["eval_tokens"] if a.eval_tokens is None else (a.eval_tokens or None)
+    run_demo(
+        a.model, tuple(_names(a.methods)), settings=a.settings, sparsity=sparsity, pattern=pattern, calib=a.calib,
+        text=a.text, nsamples=a.nsamples or DEMO_DEFAULTS["nsamples"], seqlen=a.seqlen or DEMO_DEFAULTS["seqlen"],
+        eval_tokens=eval_tokens, device=a.device, batch_size=a.batch_size, eval_batch_size=a.eval_batch_size,
+        output=a.output, progress=not a.quiet,
     )
-    if a.output:
-        _write_json(a.output, result)
     return 0
 
 

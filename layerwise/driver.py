@@ -2,19 +2,21 @@
 
 For block ℓ = 0, 1, …, with X_ℓ its calibration inputs (the *pruned* model's, from block ℓ−1):
 
-1. run the block on X_ℓ with forward hooks: each linear's H = XᵀX / n (float32, in × in);
+1. run the block on X_ℓ with forward hooks: H = XᵀX / n (float32, in × in) once per distinct
+   input, so layers reading the same tensor (q/k/v; gate/up) form a group sharing one H;
 2. one ``LayerProblem(Ŵ, H, sparsity, pattern, damping)`` per linear (embeddings and the LM
-   head are not in any block, so they are skipped, as in SparseGPT/Wanda/ALPS);
-3. layers with the same input (q/k/v; gate/up) are solved by ``solve_many`` with one shared
-   cache, so the factorization of their common H (ALPS's eigendecomposition, SparseGPT's
-   Cholesky factor) is computed once;
-4. the pruned weights are written back and the *pruned* block is run on X_ℓ: X_{ℓ+1}.
+   head are not in any block, so they are skipped, as in SparseGPT/Wanda/ALPS), on the
+   solver's device (a GPU solver reads the torch tensors through DLPack, no copies);
+3. each group is solved by ``solve_many`` with one shared cache, so the factorization of
+   the common H (ALPS's eigendecomposition, SparseGPT's Cholesky factor) is computed once;
+4. the pruned weights are written back on the device and the *pruned* block is run on X_ℓ:
+   X_{ℓ+1}.
 
 With a checkpoint folder, after every block the pruned weights of that block
-(``block_XXXX.safetensors``) and X_{ℓ+1} (``inputs_XXXX.pt``) are written, then
-``state.json`` (the run log so far) is replaced atomically to point at them; ``resume``
-reloads the pruned blocks and X_{ℓ+1} and goes on, with exactly the computation an
-uninterrupted run would do.
+(``block_XXXX.safetensors``) are written, then ``state.json`` (the run log so far) is
+replaced atomically to point past it. No activations are saved: ``resume`` reloads the
+pruned blocks 0 … next−1, captures block 0's inputs again and replays the pruned blocks
+on them with ``run_block``, exactly the computation an uninterrupted run does, then goes on.
 """
 
 from __future__ import annotations
@@ -26,18 +28,17 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from layerprune.layerwise.blocks import BlockInputs, capture_inputs, collect_hessians, run_block, share_groups
+from layerprune.layerwise.blocks import BlockInputs, capture_inputs, collect_hessians, run_block
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, context_length, find_blocks
 from layerprune.problems import LayerProblem, parse_pattern
 from layerprune.solvers import get_method, solve_many
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: pruned weights only; block inputs are recomputed on resume
 
 
 @dataclass
@@ -131,7 +132,7 @@ def _atomic_write_bytes(path: Path, write) -> None:
 
 
 class Checkpoint:
-    """A folder holding a run's progress: pruned blocks, next inputs, ``state.json``."""
+    """A folder holding a run's progress: the pruned blocks' weights and ``state.json``."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
@@ -157,25 +158,20 @@ class Checkpoint:
             raise LayerwiseError(f"checkpoint {self.folder} has format {state.get('version')}, not {CHECKPOINT_VERSION}")
         return state
 
-    def save_block(self, index: int, block: nn.Module, next_inputs: BlockInputs, state: dict) -> None:
+    def save_block(self, index: int, block: nn.Module, state: dict) -> None:
+        """Write block ``index``'s pruned weights, then point ``state.json`` past it (both atomically)."""
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = {f"{name}.weight": lin.weight.detach().cpu().contiguous() for name, lin in block_linears(block).items()}
         _atomic_write_bytes(self.folder / f"block_{index:04d}.safetensors", lambda p: save_file(weights, p))
-        hidden = [h.detach().cpu() for h in next_inputs.hidden]
-        inputs_name = f"inputs_{index + 1:04d}.pt"
-        _atomic_write_bytes(self.folder / inputs_name, lambda p: torch.save(hidden, p))
-        state = dict(state, version=CHECKPOINT_VERSION, next_block=index + 1, inputs=inputs_name)
+        state = dict(state, version=CHECKPOINT_VERSION, next_block=index + 1)
         _atomic_write_bytes(
             self.state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1), encoding="utf-8")
         )
-        for old in self.folder.glob("inputs_*.pt"):
-            if old.name != inputs_name:
-                old.unlink(missing_ok=True)
 
-    def restore(self, blocks: nn.ModuleList, state: dict, extras_from: BlockInputs, device: Any) -> BlockInputs:
-        """Load pruned blocks 0 … next−1 into ``blocks`` and return the saved inputs of block ``next``."""
+    def restore(self, blocks: nn.ModuleList, state: dict) -> int:
+        """Load the pruned blocks 0 … next−1 into ``blocks``; returns next."""
         from safetensors.torch import load_file
 
         for index in range(state["next_block"]):
@@ -183,10 +179,7 @@ class Checkpoint:
             linears = block_linears(blocks[index])
             for key, value in saved.items():
                 linears[key[: -len(".weight")]].weight.data.copy_(value)
-        hidden = torch.load(self.folder / state["inputs"], map_location=device, weights_only=True)
-        if len(hidden) != len(extras_from.hidden):
-            raise LayerwiseError(f"checkpoint {self.folder}: saved inputs do not match the calibration batches")
-        return BlockInputs(list(hidden), extras_from.extras)
+        return int(state["next_block"])
 
     def remove(self) -> None:
         import shutil
@@ -195,18 +188,27 @@ class Checkpoint:
 
 
 # -- the driver ------------------------------------------------------------------------
-def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], settings: PruneSettings, index: int,
-                 on_layer=None) -> list[dict]:
-    """Prune every linear of one block in place; one log entry per layer."""
+def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: list[list[str]],
+                 settings: PruneSettings, index: int, on_layer=None) -> list[dict]:
+    """Prune every linear of one block in place; one log entry per layer.
+
+    Each group's H (one tensor, on the solver's device) is shared by the group's problems;
+    the results come back as torch tensors on that device (``keep_array_type``: DLPack from
+    CuPy, a view of NumPy) and are copied into the weights where they live.
+    """
     linears = block_linears(block)
     entries = []
     solver_dev = settings.solve_device
-    for gi, group in enumerate(share_groups(hessians)):
+    for gi, group in enumerate(groups):
         H = hessians[group[0]]
-        H = H if solver_dev == "cuda" else H.cpu()
+        if solver_dev == "cuda":
+            H = H if H.is_cuda else H.cuda()
+        else:
+            H = H.cpu()
         problems = [
             LayerProblem(
-                weight=linears[name].weight.detach().to(device=H.device, dtype=torch.float32).clone(),
+                # a copy: the problem's Ŵ stays the dense weight whatever is written into the layer
+                weight=linears[name].weight.detach().to(device=H.device, dtype=torch.float32, copy=True),
                 hessian=H,
                 sparsity=settings.sparsity,
                 pattern=settings.pattern,
@@ -215,11 +217,12 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], settings: 
             )
             for name in group
         ]
-        results = solve_many(problems, settings.method, cache={}, device=solver_dev, **settings.options)
+        results = solve_many(problems, settings.method, cache={}, device=solver_dev, keep_array_type=True,
+                             **settings.options)
         for name, problem, r in zip(group, problems, results):
             lin = linears[name]
-            lin.weight.data.copy_(torch.as_tensor(r.weight).to(device=lin.weight.device, dtype=lin.weight.dtype))
-            nonzero = int((lin.weight != 0).sum())
+            lin.weight.data.copy_(r.weight)
+            nonzero = int(torch.count_nonzero(lin.weight))
             entry = {
                 "block": index,
                 "layer": name,
@@ -238,6 +241,16 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], settings: 
             if on_layer is not None:
                 on_layer(entry)
     return entries
+
+
+def _run_on(block: nn.Module, inputs: BlockInputs, device: torch.device) -> BlockInputs:
+    """``run_block`` with the block moved to ``device`` for the call and back after."""
+    home = next(block.parameters()).device
+    block.to(device)
+    try:
+        return run_block(block, inputs)
+    finally:
+        block.to(home)
 
 
 def prune_model(
@@ -270,7 +283,7 @@ def prune_model(
     path, blocks = find_blocks(model)
     device = torch.device(settings.device)
     ckpt = Checkpoint(checkpoint) if checkpoint is not None else None
-    fp = fingerprint(model, calib, settings)
+    fp = fingerprint(model, calib, settings) if ckpt is not None else None
     layers: list[dict] = []
     start, seconds_before = 0, 0.0
 
@@ -284,8 +297,10 @@ def prune_model(
                 f"the checkpoint in {ckpt.folder} belongs to another run (model, calibration or settings differ); "
                 "delete it to start over"
             )
-        inputs = ckpt.restore(blocks, state, inputs, device)
-        start, layers, seconds_before = state["next_block"], list(state["layers"]), float(state.get("seconds", 0.0))
+        start = ckpt.restore(blocks, state)
+        layers, seconds_before = list(state["layers"]), float(state.get("seconds", 0.0))
+        for index in range(start):  # block `start`'s inputs: replay the pruned blocks, as the run did
+            inputs = _run_on(blocks[index], inputs, device)
 
     bar = tqdm(range(start, len(blocks)), initial=start, total=len(blocks), unit="block",
                desc=f"{settings.method} {settings.pattern} {settings.sparsity:g}", disable=not progress)
@@ -293,14 +308,14 @@ def prune_model(
         block = blocks[index]
         home = next(block.parameters()).device
         block.to(device)
-        hessians, _ = collect_hessians(block, inputs, device)
-        _solve_block(block, hessians, settings, index,
+        hessians, groups, _ = collect_hessians(block, inputs, device)
+        _solve_block(block, hessians, groups, settings, index,
                      on_layer=lambda e: (layers.append(e), bar.set_postfix(layer=e["layer"], rel_err=f"{e['relative_error']:.4f}", refresh=False)))
         del hessians
         inputs = run_block(block, inputs)  # the pruned block's outputs feed the next block
         block.to(home)
         if ckpt is not None:
-            ckpt.save_block(index, block, inputs, {
+            ckpt.save_block(index, block, {
                 **(extra_state or {}), "fingerprint": fp, "model_blocks": path, "layers": layers,
                 "seconds": seconds_before + time.perf_counter() - t0, "settings": asdict(settings),
             })

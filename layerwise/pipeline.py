@@ -3,23 +3,24 @@
 * :func:`run_prune` — load → calibration segments → dense perplexity → block-by-block
   pruning (checkpointed, resumable) → pruned perplexity → save the model and the run log.
 * :func:`run_eval` — perplexity of a model on a text.
-* :func:`run_demo` — SmolLM2 at one sparsity with several methods on a CPU-sized
-  calibration set; a table of perplexities beside the dense one.
+* :func:`run_demo` — SmolLM2 at one or several settings (sparsities, N:M patterns) with
+  several methods in one process (one model load, calibration set, evaluation stream and
+  dense perplexity); a table of perplexities beside the dense one.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from layerprune.layerwise.data import _write_atomic, calibration_segments, evaluation_stream
 from layerprune.layerwise.driver import Checkpoint, PruneSettings, check_seqlen, prune_model
 from layerprune.layerwise.errors import LayerwiseError
-from layerprune.layerwise.models import find_blocks, load_model, resolve_model, save_model
+from layerprune.layerwise.models import block_linears, find_blocks, load_model, resolve_model, save_model
 from layerprune.layerwise.perplexity import perplexity
 
 RUN_LOG = "layerprune_run.json"
@@ -122,11 +123,42 @@ def run_eval(model: str, text: str = "wiki-test", *, seqlen: int = 2048, max_tok
 DEMO_DEFAULTS = {"nsamples": 16, "seqlen": 512, "eval_tokens": 8192}
 
 
+def parse_setting(spec: str | float | tuple) -> tuple[float | None, str]:
+    """One pruning setting → (sparsity, pattern): ``0.7`` (a fraction: unstructured), ``"2:4"`` (N:M),
+    or a ``(sparsity, pattern)`` pair as given."""
+    if isinstance(spec, tuple):
+        sparsity, pattern = spec
+        return (None if sparsity is None else float(sparsity)), str(pattern)
+    if isinstance(spec, (int, float)):
+        return float(spec), "unstructured"
+    text = str(spec).strip()
+    if ":" in text:
+        return None, text
+    try:
+        return float(text), "unstructured"
+    except ValueError:
+        raise LayerwiseError(f"a setting is a sparsity such as 0.7 or an N:M pattern such as 2:4, got {spec!r}") from None
+
+
+def parse_settings(specs: str | Sequence) -> list[tuple[float | None, str]]:
+    """``"0.5,0.7,0.8,2:4"`` (or a list of such items) → [(sparsity, pattern), …]."""
+    items = [x for x in specs.split(",") if x.strip()] if isinstance(specs, str) else list(specs)
+    if not items:
+        raise LayerwiseError("no pruning settings given")
+    return [parse_setting(x) for x in items]
+
+
+def setting_label(sparsity: float, pattern: str) -> str:
+    """How a setting is named in the table: ``0.7 unstructured``, ``2:4``."""
+    return pattern if ":" in pattern else f"{sparsity:g} {pattern}"
+
+
 def run_demo(
     model: str = "smollm2",
     methods: tuple[str, ...] = ("alps", "sparsegpt", "wanda"),
     *,
-    sparsity: float = 0.7,
+    settings: str | Sequence | None = None,
+    sparsity: float | None = 0.7,
     pattern: str = "unstructured",
     calib: str = "wiki",
     text: str = "wiki-test",
@@ -135,14 +167,33 @@ def run_demo(
     eval_tokens: int | None = DEMO_DEFAULTS["eval_tokens"],
     seed: int = 0,
     device: str = "cpu",
+    batch_size: int = 8,
+    eval_batch_size: int = 1,
+    output: str | os.PathLike | None = None,
     progress: bool = True,
     echo=None,
 ) -> dict:
-    """Prune ``model`` with each method (same calibration) and tabulate perplexity and minutes."""
+    """Prune ``model`` with each method at each setting and tabulate perplexity, error and seconds.
+
+    settings : several settings in one process, e.g. ``"0.5,0.7,2:4"`` (see :func:`parse_settings`);
+        None: the one setting ``(sparsity, pattern)``. Every (setting, method) row shares the
+        model load, the calibration ids, the evaluation stream and the dense perplexity.
+    device : where blocks, the solver (a GPU device: CuPy) and perplexity run; on a GPU the
+        model stays there for the whole comparison.
+    output : a JSON file rewritten (atomically) after the dense perplexity and after every row.
+    """
     echo = echo or (lambda *a: print(*a, flush=True))
-    settings = [PruneSettings(method=m, sparsity=sparsity, pattern=pattern, device=device) for m in methods]
-    for s in settings:
-        s.validate()
+    pairs = parse_settings(settings) if settings is not None else [(sparsity, pattern)]
+    runs = []
+    for sp, pat in pairs:
+        for m in methods:
+            s = PruneSettings(method=m, sparsity=sp, pattern=pat, device=device, batch_size=batch_size)
+            s.validate()
+            runs.append((setting_label(s.sparsity, s.pattern), s))
+    if not runs:
+        raise LayerwiseError("no methods given")
+    if eval_batch_size < 1:
+        raise LayerwiseError(f"eval_batch_size must be ≥ 1, got {eval_batch_size}")
     resolve_model(model)
     t0 = time.perf_counter()
     net, tokenizer = load_model(model)
@@ -150,45 +201,72 @@ def run_demo(
     ids = calibration_segments(tokenizer, calib, nsamples, seqlen, seed)
     stream = evaluation_stream(tokenizer, text, max_tokens=eval_tokens)
     used = (stream.numel() // seqlen) * seqlen
-    dense = perplexity(net, stream, seqlen, device=device)
+    if str(device) != "cpu":
+        net.to(device)  # perplexity needs the whole model there anyway: move it once, not per block and row
+    _, blocks = find_blocks(net)
+    # pruning changes only the blocks' linear weights: keep dense copies (host memory) to restore them per row
+    linears = [lin for block in blocks for lin in block_linears(block).values()]
+    dense_weights = [lin.weight.detach().to("cpu", copy=True) for lin in linears]
+    dense = perplexity(net, stream, seqlen, device=device, batch_size=eval_batch_size)
     setup_minutes = (time.perf_counter() - t0) / 60
     echo(f"dense perplexity {dense:.2f} ({used} tokens; load + data + eval {setup_minutes:.1f} min)")
-    rows = []
-    for s in settings:
-        t = time.perf_counter()
-        pruned = copy.deepcopy(net)
-        run = prune_model(pruned, ids, s, progress=progress)
-        ppl = perplexity(pruned, stream, seqlen, device=device)
-        minutes = (time.perf_counter() - t) / 60
-        rows.append({"method": s.method, "sparsity": run["sparsity"], "pattern": s.pattern, "perplexity": ppl,
-                     "minutes": minutes, "mean_relative_error": run["mean_relative_error"]})
-        echo(f"{s.method}: perplexity {ppl:.2f}, {minutes:.1f} min")
-        del pruned
-    _, blocks = find_blocks(net)
-    result = {
-        "model": model, "calib": str(calib), "text": str(text), "blocks": len(blocks), "nsamples": nsamples, "seqlen": seqlen, "eval_tokens": used,
-        "dense_perplexity": dense, "rows": rows, "minutes_total": (time.perf_counter() - t0) / 60,
+    result: dict[str, Any] = {
+        "model": model, "calib": str(calib), "text": str(text), "blocks": len(blocks), "nsamples": nsamples,
+        "seqlen": seqlen, "eval_tokens": used, "device": str(device), "methods": list(methods),
+        "settings": list(dict.fromkeys(label for label, _ in runs)), "dense_perplexity": dense, "rows": [],
+        "complete": False, "minutes_total": (time.perf_counter() - t0) / 60,
     }
+    if output is not None:
+        _write_json(output, result)
+    try:
+        for label, s in runs:
+            t = time.perf_counter()
+            run = prune_model(net, ids, s, progress=progress)
+            ppl = perplexity(net, stream, seqlen, device=device, batch_size=eval_batch_size)
+            minutes = (time.perf_counter() - t) / 60
+            row = {"setting": label, "method": s.method, "pattern": s.pattern, "target_sparsity": s.sparsity,
+                   "sparsity": run["sparsity"], "perplexity": ppl, "ratio": ppl / dense,
+                   "mean_relative_error": run["mean_relative_error"], "prune_seconds": run["seconds"],
+                   "minutes": minutes, "layers": run["layers"]}
+            result["rows"].append(row)
+            result["minutes_total"] = (time.perf_counter() - t0) / 60
+            if output is not None:
+                _write_json(output, result)
+            echo(f"{label} {s.method}: perplexity {ppl:.2f} (× {ppl / dense:.2f}), mean rel. error "
+                 f"{row['mean_relative_error']:.4f}, pruning {row['prune_seconds']:.1f} s, {minutes:.1f} min")
+            _restore(linears, dense_weights)
+    finally:
+        _restore(linears, dense_weights)  # the caller's model is dense again, also after a failure
+    result["complete"] = True
+    result["minutes_total"] = (time.perf_counter() - t0) / 60
+    if output is not None:
+        _write_json(output, result)
     echo("")
     echo(format_table(result))
     return result
 
 
+def _restore(linears: list, weights: list) -> None:
+    for lin, w in zip(linears, weights):
+        lin.weight.data.copy_(w)
+
+
 def format_table(result: dict) -> str:
-    """A Markdown table: method, sparsity, perplexity (× dense), minutes; dense first."""
+    """A Markdown table, one row per (setting, method): sparsity, perplexity (× dense), mean layer
+    relative error, pruning seconds; dense first."""
     lines = [
         f"{result['model']}: calibration {result['nsamples']} × {result['seqlen']} tokens ({result['calib']}), "
         f"perplexity on {result['eval_tokens']} {result['text']} tokens in windows of {result['seqlen']}",
         "",
-        "| method | sparsity | perplexity | × dense | mean rel. error | minutes |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        f"| dense | 0.00 | {result['dense_perplexity']:.2f} | 1.00 | — | — |",
+        "| setting | method | sparsity | perplexity | × dense | mean rel. error | pruning s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| — | dense | 0.00 | {result['dense_perplexity']:.2f} | 1.00 | — | — |",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['method']}{'' if r['pattern'] == 'unstructured' else ' ' + r['pattern']} | {r['sparsity']:.2f} | "
-            f"{r['perplexity']:.2f} | {r['perplexity'] / result['dense_perplexity']:.2f} | "
-            f"{r['mean_relative_error']:.4f} | {r['minutes']:.1f} |"
+            f"| {r['setting']} | {r['method']} | {r['sparsity']:.2f} | {r['perplexity']:.2f} | "
+            f"{r['perplexity'] / result['dense_perplexity']:.2f} | {r['mean_relative_error']:.4f} | "
+            f"{r['prune_seconds']:.1f} |"
         )
     lines.append(f"\ntotal {result['minutes_total']:.1f} min")
     return "\n".join(lines)
