@@ -13,8 +13,15 @@ Every ``check_every`` iterations the support change c (entries entering or
 leaving, against the kept count k) drives ρ: c/k > 10% → ×1.3, > 0.5% → ×1.2,
 any change → ×1.1; no change stops once ρ has risen (if it never rose, ρ was
 too large: ρ/5 and restart). ρ ≤ 1e6, ≤ 300 iterations, early stop after 30
-iterations once c/k < 3·10⁻⁴. The final support is refit exactly by batched
-PCG (``solvers.pcg``) and the scaling undone: W = X D⁻¹.
+iterations once c/k < 3·10⁻⁴. On small problems the final support is then improved by
+exact single swaps per row (``solvers.local_search``). The final support is refit exactly
+by batched PCG (``solvers.pcg``) and the scaling undone: W = X D⁻¹. The projected iterate
+is feasible by construction, so a run stopped by the iteration cap still returns a
+feasible point: the refit on its last support.
+
+Memory: the loop holds G, Z = X + V/ρ and one scratch (out × in), (Hn + ρI)⁻¹ and Q
+(in × in), two masks, and one block of rows for the X-update (``NormalizedProblem.blocks``);
+the projection selects its threshold inside the scratch array without copying the scores.
 """
 
 from __future__ import annotations

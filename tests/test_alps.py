@@ -171,6 +171,17 @@ def test_iteration_cap_returns_feasible_point():
     assert r.relative_error < solve(p, "magnitude").relative_error
 
 
+@pytest.mark.parametrize("max_iter", [6, 9, 15])
+def test_iteration_cap_returns_a_point_no_worse_than_any_checked_iterate(max_iter):
+    """Stopped by the cap, ALPS returns the refit on its last support: feasible, and at least as good as
+    every projected iterate it checked (the history's errors, recomputed here in float64)."""
+    for seed in range(3):
+        p = synthetic_problem(128, 256, 0.8, "unstructured", seed=40 + seed)
+        r = solve(p, "alps", max_iter=max_iter, local_search=False)
+        assert "cap" in r.message and p.check_feasible(r.weight)
+        assert r.relative_error <= min(h["rel_error"] for h in r.history) * (1 + 1e-4)
+
+
 def test_too_large_rho_restarts_smaller():
     p = synthetic_problem(32, 64, 0.7, "unstructured", seed=9)
     r = solve(p, "alps", rho0=1e4)
