@@ -146,16 +146,19 @@ def collect_hessians(
     once per distinct input; they form a *group* and map to one H tensor (the same object).
     Returns (H by layer name in module order, the groups in layer order, the block's
     outputs from the same pass when ``keep_outputs`` else None). Should the grouping differ
-    between mini-batches (it never does for a deterministic forward), the pass is repeated
-    with one accumulator per layer (``share=False``).
+    between mini-batches (it never does for a deterministic forward), or a linear run twice
+    in one forward, the pass is repeated with one accumulator per layer (``share=False``),
+    which accumulates every call of every linear over all mini-batches.
     """
     linears = block_linears(block)
     accs: dict[str, HessianAccumulator] = {}
-    state: dict[str, Any] = {"last": None, "leader": None, "seen": {}}
+    state: dict[str, Any] = {"last": None, "leader": None, "seen": {}, "twice": False}
 
     def hook(name: str, lin: nn.Linear):
         def fn(_m, inp, _out) -> None:
             x = inp[0]
+            if share and name in state["seen"]:  # a second call in one forward: grouping is unsafe
+                state["twice"] = True
             if share and state["last"] is not None and _same_input(x, state["last"]):
                 leader = state["leader"]
             else:
@@ -179,9 +182,11 @@ def collect_hessians(
             out = _first(block(h, *args, **kwargs))
             if keep_outputs:
                 outs.append(out)
-            if leaders is None:
+            if not share:  # one accumulator per layer: the layers seen in any mini-batch
+                leaders = {**(leaders or {}), **state["seen"]}
+            elif leaders is None and not state["twice"]:
                 leaders = dict(state["seen"])
-            elif state["seen"] != leaders:
+            elif state["twice"] or state["seen"] != leaders:
                 consistent = False
                 break
     finally:

@@ -17,6 +17,9 @@ With a checkpoint folder, after every block the pruned weights of that block
 replaced atomically to point past it. No activations are saved: ``resume`` reloads the
 pruned blocks 0 … next−1, captures block 0's inputs again and replays the pruned blocks
 on them with ``run_block``, exactly the computation an uninterrupted run does, then goes on.
+The replay is bit-for-bit the same on the same device with the same thread count (tested);
+resumed on another GPU or with another ``--threads``, the block inputs may differ in the
+last bits, as two uninterrupted runs there would.
 """
 
 from __future__ import annotations

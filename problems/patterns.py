@@ -68,11 +68,11 @@ def _top_k_by_rank(scores, counts):
     """Top-k along the last axis for short rows (n ≤ 16): rank = #larger + #equal with a lower index.
 
     ``counts``: an int, or an array of the leading shape. The rank is accumulated one
-    column at a time in int8, so the temporaries are the size of one boolean mask.
+    column at a time (int8 up to 127 columns), so the temporaries are the size of one boolean mask.
     """
     xp = array_module(scores)
     n = scores.shape[-1]
-    rank = xp.zeros(scores.shape, dtype=xp.int8)
+    rank = xp.zeros(scores.shape, dtype=xp.int8 if n <= 127 else xp.int32)  # N:M groups may be long
     for j in range(n):
         col = scores[..., j : j + 1]
         rank += col > scores
@@ -204,6 +204,8 @@ class Pattern:
         which keeps ALPS within its memory budget.
         """
         xp = array_module(z)
+        if scratch.shape != z.shape or not scratch.flags.c_contiguous:
+            raise ValueError("projection_mask needs a C-contiguous scratch array of z's shape")
         xp.abs(z, out=scratch)
         if self.kind == "nm":
             return self.mask(scratch, sparsity)

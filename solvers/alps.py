@@ -100,7 +100,7 @@ def alps(
     eig_dtype : precision of the eigendecomposition (float64 on CPU, the working dtype on GPU).
     rho_factors : ρ multipliers for c/k > 10%, > 0.5% and any change ((1.3, 1.2, 1.1)).
     local_search : after ADMM, improve the support by exact single swaps per row
-        (``solvers.local_search``) before the refit. None (default): only when
+        (``solvers.local_search``) before the refit (only with ``refit``: a swap's gain assumes it). None (default): only when
         out · k² · in ≤ ``local_search_budget`` (k the largest count per row), i.e. on
         small problems, where it costs little; at most ``local_search_swaps`` swaps per row.
     """
@@ -229,7 +229,7 @@ def _alps(
     X = xp.multiply(Z, mask, out=Z)  # the projected iterate Dv, feasible by construction
     del T, X_block  # free ADMM's buffers before the refit allocates its own
     admm_error = None
-    if _wants_local_search(local_search, local_search_budget, mask):
+    if refit and _wants_local_search(local_search, local_search_budget, mask):  # swaps assume the refit
         admm_error = norm.rel_error(X)
         mask, info["local_search_swaps"] = _local_search(norm, mask, M, local_search_swaps)
         X *= mask

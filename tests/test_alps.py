@@ -98,6 +98,16 @@ def test_swap_search_never_worsens_and_keeps_the_pattern(rng):
         np.testing.assert_array_equal(again, new)
 
 
+def test_local_search_runs_only_with_the_refit(rng):
+    """A swap's gain assumes the refit weights: without the refit ALPS returns ADMM's own point."""
+    p = _tiny_problem(rng, 16, 32, "row", 0.5)
+    with_refit = solve(p, "alps", dtype="float64")
+    without = solve(p, "alps", dtype="float64", refit=False)
+    assert "local_search_swaps" in with_refit.info and "local_search_swaps" not in without.info
+    assert without.relative_error == pytest.approx(solve(p, "alps", dtype="float64", refit=False,
+                                                          local_search=False).relative_error, rel=1e-12)
+
+
 def test_alps_unstructured_tiny_matches_enumeration(rng):
     """Unstructured 3×4 layer at 50%: enumerate all C(12, 6) layer supports."""
     p = _tiny_problem(rng, 3, 4, "unstructured", 0.5)

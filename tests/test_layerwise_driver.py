@@ -317,3 +317,50 @@ def test_prune_on_the_gpu():
             assert all(e["kept"] == e["target_kept"] for e in logs[device]["layers"])
             assert all(p.device.type == "cpu" for p in model.parameters())  # blocks go back home
         assert logs["cuda"]["mean_relative_error"] == pytest.approx(logs["cpu"]["mean_relative_error"], rel=0.05)
+
+
+class _Routed(torch.nn.Module):
+    """Expert e1 runs only on batches with a positive mean, e2 on the others (MoE-like routing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.e1, self.e2 = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.e1(h) if float(x.mean()) > 0 else self.e2(h)
+
+
+class _Twice(torch.nn.Module):
+    """b reads a's input, then b runs again on another tensor in the same forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x) + self.b(x)))
+
+
+@torch.no_grad()
+def test_hessians_of_linears_that_run_in_some_batches_or_twice():
+    """Per-layer accumulation over every call: a routed expert gets the batches it saw (no endless
+    retry), a linear called twice gets both inputs (float64 references)."""
+    from layerprune.layerwise.blocks import BlockInputs, collect_hessians
+
+    torch.manual_seed(0)
+    xs = [torch.randn(2, 5, 4) + 1, torch.randn(2, 5, 4) - 1]
+    block = _Routed()
+    hessians, groups, _ = collect_hessians(block, BlockInputs(xs, [((), {})] * 2), "cpu")
+    assert sorted(groups) == [["a"], ["e1"], ["e2"]]
+    for name, x in [("e1", xs[0]), ("e2", xs[1])]:
+        h = block.a(x).reshape(-1, 4).double()
+        assert torch.allclose(hessians[name].double(), h.T @ h / h.shape[0], atol=1e-5)
+
+    block = _Twice()
+    hessians, _, _ = collect_hessians(block, BlockInputs(xs, [((), {})] * 2), "cpu")
+    X = torch.cat([x.reshape(-1, 4) for x in xs]).double()
+    Y = torch.cat([torch.tanh(block.a(x) + block.b(x)).reshape(-1, 4) for x in xs]).double()
+    both = torch.cat([X, Y])
+    assert torch.allclose(hessians["b"].double(), both.T @ both / both.shape[0], atol=1e-5)
+    assert torch.allclose(hessians["a"].double(), X.T @ X / X.shape[0], atol=1e-5)

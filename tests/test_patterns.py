@@ -247,3 +247,17 @@ def test_gpu_radix_select_and_projection_match_numpy(rng, shape):
         zg = cupy.asarray(z)
         gpu = pat.projection_mask(zg, s, cupy.empty_like(zg))
         np.testing.assert_array_equal(cupy.asnumpy(gpu), pat.mask(np.abs(z), s))
+
+
+def test_long_nm_groups_keep_n_per_group(rng):
+    """N:M with M > 127 (the rank is counted in a wider integer there)."""
+    pat = parse_pattern("4:256")
+    keep = pat.mask(rng.random((2, 512)), pat.implied_sparsity())
+    np.testing.assert_array_equal(keep.reshape(2, 2, 256).sum(-1), 4)
+    assert pat.is_feasible(keep, pat.implied_sparsity())
+
+
+def test_projection_mask_refuses_a_non_contiguous_scratch(rng):
+    z = rng.standard_normal((30, 40)).astype(np.float32)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        parse_pattern("unstructured").projection_mask(z, 0.5, np.empty((40, 30), np.float32).T)
