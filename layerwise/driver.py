@@ -24,6 +24,7 @@ last bits, as two uninterrupted runs there would.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from layerprune.layerwise.blocks import BlockInputs, capture_inputs, collect_hessians, run_block
+from layerprune.layerwise.blocks import capture_inputs, collect_hessians, run_block
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, context_length, find_blocks
 from layerprune.problems import LayerProblem, parse_pattern
@@ -246,12 +247,13 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
     return entries
 
 
-def _run_on(block: nn.Module, inputs: BlockInputs, device: torch.device) -> BlockInputs:
-    """``run_block`` with the block moved to ``device`` for the call and back after."""
+@contextlib.contextmanager
+def _on_device(block: nn.Module, device: torch.device):
+    """The block moved to ``device`` for the ``with`` body and back to where it lived after."""
     home = next(block.parameters()).device
     block.to(device)
     try:
-        return run_block(block, inputs)
+        yield block
     finally:
         block.to(home)
 
@@ -303,20 +305,18 @@ def prune_model(
         start = ckpt.restore(blocks, state)
         layers, seconds_before = list(state["layers"]), float(state.get("seconds", 0.0))
         for index in range(start):  # block `start`'s inputs: replay the pruned blocks, as the run did
-            inputs = _run_on(blocks[index], inputs, device)
+            with _on_device(blocks[index], device) as block:
+                inputs = run_block(block, inputs)
 
     bar = tqdm(range(start, len(blocks)), initial=start, total=len(blocks), unit="block",
                desc=f"{settings.method} {settings.pattern} {settings.sparsity:g}", disable=not progress)
     for index in bar:
-        block = blocks[index]
-        home = next(block.parameters()).device
-        block.to(device)
-        hessians, groups, _ = collect_hessians(block, inputs, device)
-        _solve_block(block, hessians, groups, settings, index,
-                     on_layer=lambda e: (layers.append(e), bar.set_postfix(layer=e["layer"], rel_err=f"{e['relative_error']:.4f}", refresh=False)))
-        del hessians
-        inputs = run_block(block, inputs)  # the pruned block's outputs feed the next block
-        block.to(home)
+        with _on_device(blocks[index], device) as block:
+            hessians, groups, _ = collect_hessians(block, inputs, device)
+            _solve_block(block, hessians, groups, settings, index,
+                         on_layer=lambda e: (layers.append(e), bar.set_postfix(layer=e["layer"], rel_err=f"{e['relative_error']:.4f}", refresh=False)))
+            del hessians
+            inputs = run_block(block, inputs)  # the pruned block's outputs feed the next block
         if ckpt is not None:
             ckpt.save_block(index, block, {
                 **(extra_state or {}), "fingerprint": fp, "model_blocks": path, "layers": layers,

@@ -265,7 +265,7 @@ def format_table(result: dict) -> str:
     for r in result["rows"]:
         lines.append(
             f"| {r['setting']} | {r['method']} | {r['sparsity']:.2f} | {r['perplexity']:.2f} | "
-            f"{r['perplexity'] / result['dense_perplexity']:.2f} | {r['mean_relative_error']:.4f} | "
+            f"{r['ratio']:.2f} | {r['mean_relative_error']:.4f} | "
             f"{r['prune_seconds']:.1f} |"
         )
     lines.append(f"\ntotal {result['minutes_total']:.1f} min")

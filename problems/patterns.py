@@ -24,9 +24,14 @@ from layerprune.solvers.backend import array_module, count_at_least
 SMALL = 1 << 20  # entries (4 MiB in float32): below this the GPU selects by sorting
 
 
+def _one_count(counts) -> bool:
+    """Whether ``counts`` is one integer for every row (rather than an array of per-row counts)."""
+    return isinstance(counts, (int, np.integer))
+
+
 def _as_counts(counts, rows: int, xp):
     """Per-row counts as an int64 array (rows,); a Python int applies to every row."""
-    if isinstance(counts, (int, np.integer)):
+    if _one_count(counts):
         return xp.full((rows,), int(counts), dtype=xp.int64)
     return xp.asarray(counts).astype(xp.int64)
 
@@ -47,7 +52,7 @@ def kth_largest_per_row(scores, counts, method: str | None = None):
     # kernel launches than 32 counting passes and its copy is small) or "radix" (the GPU's for
     # larger arrays: no copy of the scores; also runs on NumPy for tests).
     method = method or ("sort" if xp is np or scores.size <= SMALL else "radix")
-    uniform = isinstance(counts, (int, np.integer))
+    uniform = _one_count(counts)
     if method == "sort":
         if xp is np and (uniform or bool((counts == counts[0]).all())):  # one k for all rows: O(n) selection
             kth = n - int(np.clip(counts if uniform else counts[0], 1, n))
@@ -77,7 +82,7 @@ def _top_k_by_rank(scores, counts):
         col = scores[..., j : j + 1]
         rank += col > scores
         rank[..., j + 1 :] += col == scores[..., j + 1 :]  # ties: the lower index ranks first
-    limit = counts if isinstance(counts, (int, np.integer)) else counts[..., None]
+    limit = counts if _one_count(counts) else counts[..., None]
     return rank < limit
 
 
@@ -94,7 +99,7 @@ def top_k_per_row(scores, counts):
     """
     xp = array_module(scores)
     rows, n = scores.shape
-    if not isinstance(counts, (int, np.integer)):
+    if not _one_count(counts):
         counts = xp.asarray(counts).astype(xp.int64)
     if rows == 0 or n == 0:
         return xp.zeros(scores.shape, dtype=bool)
@@ -169,13 +174,18 @@ class Pattern:
                 f"pattern {self.name}: M={self.m} does not divide the input dimension {shape[1]}"
             )
 
+    @staticmethod
+    def kept_per_row(inp: int, sparsity: float) -> int:
+        """Nonzeros the ``row`` pattern allows in each row of ``inp`` entries."""
+        return int(round((1.0 - sparsity) * inp))
+
     def kept_per_layer(self, shape: tuple[int, int], sparsity: float) -> int:
         """Number of nonzeros the pattern allows in the whole layer."""
         out, inp = shape
         if self.kind == "unstructured":
             return int(round((1.0 - sparsity) * out * inp))
         if self.kind == "row":
-            return out * int(round((1.0 - sparsity) * inp))
+            return out * self.kept_per_row(inp, sparsity)
         return out * (inp // self.m) * self.n
 
     # -- projection -----------------------------------------------------------
@@ -191,40 +201,37 @@ class Pattern:
             flat = scores.reshape(1, -1)
             return top_k_per_row(flat, k).reshape(out, inp)
         if self.kind == "row":
-            return top_k_per_row(scores, int(round((1.0 - sparsity) * inp)))
+            return top_k_per_row(scores, self.kept_per_row(inp, sparsity))
         return _top_k_by_rank(scores.reshape(out, inp // self.m, self.m), self.n).reshape(out, inp)
 
     def projection_mask(self, z, sparsity: float, scratch):
         """The support of the projection of ``z``, i.e. ``mask(|z|)``, using ``scratch``
         (an array of z's shape and dtype, overwritten) as the only full-size workspace.
 
-        The count-th largest |z| of each row (of the flattened layer for ``unstructured``) is
-        selected in ``scratch``: in place by NumPy's partition (then |z| is written there
-        again), by the device's radix select without writing. No copy of the scores is made,
-        which keeps ALPS within its memory budget.
+        On the GPU that is ``mask`` itself: its radix select reads the scores without copying
+        them. NumPy's selection copies, so here it partitions ``scratch`` in place instead and
+        then writes |z| there again. Either way no copy of the scores is made, which keeps
+        ALPS within its memory budget.
         """
         xp = array_module(z)
         if scratch.shape != z.shape or not scratch.flags.c_contiguous:
             raise ValueError("projection_mask needs a C-contiguous scratch array of z's shape")
         xp.abs(z, out=scratch)
-        if self.kind == "nm":
+        if xp is not np or self.kind == "nm":
             return self.mask(scratch, sparsity)
         self.check_shape(z.shape)
         if self.kind == "unstructured":
             rows, count = 1, self.kept_per_layer(z.shape, sparsity)
         else:
-            rows, count = z.shape[0], int(round((1.0 - sparsity) * z.shape[1]))
+            rows, count = z.shape[0], self.kept_per_row(z.shape[1], sparsity)
         scores = scratch.reshape(rows, -1)
         n = scores.shape[1]
         if count <= 0 or n == 0:
-            return xp.zeros(z.shape, dtype=bool)
-        if xp is np:  # select in place, then write |z| again
-            kth = n - min(count, n)
-            scores.partition(kth, axis=1)
-            thresh = scores[:, kth].copy()
-            xp.abs(z, out=scratch)
-        else:  # the radix select only reads the scores (small arrays are sorted: a small copy)
-            thresh = kth_largest_per_row(scores, count)
+            return np.zeros(z.shape, dtype=bool)
+        kth = n - min(count, n)
+        scores.partition(kth, axis=1)
+        thresh = scores[:, kth].copy()
+        np.abs(z, out=scratch)
         return _top_k_at_threshold(scores, count, thresh).reshape(z.shape)
 
     def project(self, z, sparsity: float):
@@ -240,7 +247,7 @@ class Pattern:
         if self.kind == "unstructured":
             return int(mask.sum()) <= self.kept_per_layer(mask.shape, sparsity)
         if self.kind == "row":
-            return bool(xp.all(mask.sum(axis=1) <= int(round((1.0 - sparsity) * inp))))
+            return bool(xp.all(mask.sum(axis=1) <= self.kept_per_row(inp, sparsity)))
         if inp % self.m:
             return False
         return bool(xp.all(mask.reshape(out, inp // self.m, self.m).sum(axis=-1) <= self.n))

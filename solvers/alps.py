@@ -36,15 +36,13 @@ from layerprune.solvers.registry import register
 from layerprune.solvers.result import MethodOutput
 
 
-def pcg_refit(norm: NormalizedProblem, X, mask, tol: float | None, max_iter: int, hn_buffer=None):
-    """PCG refit of X on ``mask``, in place; returns (X, info).
+def pcg_refit(norm: NormalizedProblem, X, mask, Hn, before: float, tol: float | None, max_iter: int):
+    """PCG refit of X on ``mask``, in place, with Hn formed by the caller; returns (X, info).
 
     CG from a warm start decreases the objective monotonically (up to rounding), so
-    ADMM's point is not kept aside; ``info`` records the error before and after.
+    ADMM's point is not kept aside; ``info`` records the error ``before`` and after.
     """
     tol = tol if tol is not None else (1e-10 if norm.dtype.itemsize >= 8 else 1e-5)
-    before = norm.rel_error(X)
-    Hn = norm.hn(out=hn_buffer)
     X_fit, pcg = masked_pcg(Hn, norm.G, mask, X, norm.xp, tol=tol, max_iter=max_iter, inplace=True,
                             blocks=norm.blocks)
     after = norm.rel_error(X_fit)
@@ -123,13 +121,12 @@ def _wants_local_search(local_search: bool | None, budget: float, mask) -> bool:
     return out * k * k * inp <= budget
 
 
-def _local_search(norm: NormalizedProblem, mask, hn_buffer, max_swaps: int):
+def _local_search(norm: NormalizedProblem, mask, Hn, max_swaps: int):
     """Swap local search on the host in float64 (``solvers.local_search``); (mask on xp, swaps)."""
-    xp = norm.xp
-    Hn = to_numpy(norm.hn(out=hn_buffer)).astype(np.float64)
     group = norm.pattern.m if norm.pattern.kind == "nm" else None
-    new, swaps = swap_search(Hn, to_numpy(norm.G), to_numpy(mask), group=group, max_swaps=max_swaps)
-    return xp.asarray(new), swaps
+    new, swaps = swap_search(to_numpy(Hn).astype(np.float64), to_numpy(norm.G), to_numpy(mask), group=group,
+                             max_swaps=max_swaps)
+    return norm.xp.asarray(new), swaps
 
 
 def _admm_step(norm: NormalizedProblem, Z, T, X_block, mask, M, rho: float) -> None:
@@ -204,6 +201,7 @@ def _alps(
             if restarts >= max_restarts:
                 message = f"support frozen from the start after {restarts} restarts"
                 break
+            entry["restarted"] = True
             rho, restarts = rho / 5.0, restarts + 1  # ρ was too large: restart smaller
             mask = _start(norm, Z, T)
             mask_at_check = mask
@@ -228,19 +226,20 @@ def _alps(
     info = {"rho_final": rho, "restarts": restarts, "stop_reason": message}
     X = xp.multiply(Z, mask, out=Z)  # the projected iterate Dv, feasible by construction
     del T, X_block  # free ADMM's buffers before the refit allocates its own
-    admm_error = None
-    if refit and _wants_local_search(local_search, local_search_budget, mask):  # swaps assume the refit
-        admm_error = norm.rel_error(X)
-        mask, info["local_search_swaps"] = _local_search(norm, mask, M, local_search_swaps)
-        X *= mask
-        clock.lap("seconds_local_search")
     if refit:
-        X, refit_info = pcg_refit(norm, X, mask, refit_tol, refit_max_iter, hn_buffer=M)
+        # the loop usually ends right after a check, whose entry already holds this error
+        last = history[-1] if history else {}
+        ended_at_check = track_error and last.get("iteration") == it and not last.get("restarted")
+        admm_error = last["rel_error"] if ended_at_check else norm.rel_error(X)
+        Hn = norm.hn(out=M)  # (Hn + ρI)⁻¹ is done with: its buffer takes Hn, formed once
+        if _wants_local_search(local_search, local_search_budget, mask):  # swaps assume the refit
+            mask, info["local_search_swaps"] = _local_search(norm, mask, Hn, local_search_swaps)
+            X *= mask
+            clock.lap("seconds_local_search")
+        X, refit_info = pcg_refit(norm, X, mask, Hn, admm_error, refit_tol, refit_max_iter)
         info.update(refit_info)
-        if admm_error is not None:
-            info["admm_rel_error"] = admm_error
         clock.lap("seconds_refit")
     info.update(clock.laps)
-    X /= norm.d[None, :]  # W = X D⁻¹, in place
+    X = norm.unscale(X, out=X)
     X *= mask
     return MethodOutput(X, mask, iterations=it, history=history, message=message, info=info)

@@ -77,8 +77,7 @@ class NormalizedProblem:
     def write_B(self, out):
         """B written into ``out`` (out × in) block by block, without a full-size temporary."""
         for r in self.blocks:
-            out[r] = self._weight[r]
-            out[r] *= self.d[None, :]
+            out[r] = self.B_rows(r)
         return out
 
     def project(self, Z, sparsity: float | None = None):
@@ -123,6 +122,6 @@ class NormalizedProblem:
             total += float(self.xp.sum(EQ @ self.lam))
         return total / self.energy
 
-    def unscale(self, X):
-        """Back to the layer's coordinates: W = X D⁻¹."""
-        return X / self.d[None, :]
+    def unscale(self, X, out=None):
+        """Back to the layer's coordinates: W = X D⁻¹ (into ``out`` if given, e.g. X itself)."""
+        return self.xp.divide(X, self.d[None, :], out=out)
