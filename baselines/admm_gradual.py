@@ -16,7 +16,7 @@ intermediate N:M sparsity). The answer is the last Z (feasible by construction).
 
 from __future__ import annotations
 
-from layerprune.solvers.normalized import NormalizedProblem
+from layerprune.solvers.normalized import NormalizedProblem, ShiftedInverse
 from layerprune.solvers.registry import register
 from layerprune.solvers.result import MethodOutput
 
@@ -28,12 +28,12 @@ def admm_gradual(problem, xp, dtype, cache, rho: float = 1.0, iterations: int = 
         raise ValueError(f"admm_gradual needs 1 ≤ ramp ≤ iterations, got ramp={ramp}, iterations={iterations}")
     norm = NormalizedProblem(problem, xp, dtype, cache)
     gradual = problem.pattern.kind != "nm"
-    M = norm.inverse(rho)
+    inverse = ShiftedInverse(norm, rho)  # ρ is fixed: the explicit inverse is formed once if in ≤ out
     Z, V = norm.B, xp.zeros_like(norm.B)
     history = []
     for t in range(1, iterations + 1):
         s_t = problem.sparsity * (1.0 - (1.0 - min(t / ramp, 1.0)) ** 3) if gradual else None
-        X = (norm.G - V + rho * Z) @ M
+        X = inverse.apply(norm.G - V + rho * Z)
         Z, mask = norm.project(X + V / rho, s_t)
         V += rho * (X - Z)
         history.append({"iteration": t, "rho": rho, "sparsity": problem.sparsity if s_t is None else s_t})

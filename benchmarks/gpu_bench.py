@@ -27,7 +27,11 @@ SHAPES = {  # name: (out, in) in the nn.Linear layout
     "llama7b": [("q_proj 4096x4096", 4096, 4096), ("up_proj 11008x4096", 11008, 4096), ("down_proj 4096x11008", 4096, 11008)],
 }
 METHODS = ["alps", "sparsegpt", "wanda", "admm_gradual"]
-VARIANTS = {"alps-eig64": ("alps", {"eig_dtype": "float64"}), "alps-tf32": ("alps", {"tf32": True})}  # extra rows: method name, options
+VARIANTS = {  # extra rows: method name, options
+    "alps-eig64": ("alps", {"eig_dtype": "float64"}),
+    "alps-tf32": ("alps", {"tf32": True}),
+    "alps-explicit-inverse": ("alps", {"explicit_inverse": True}),  # the in × in inverse even when in > out
+}
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import numpy as np
 from layerprune import LayerProblem, solve
 from layerprune.solvers.alps import _admm_step, pcg_refit
 from layerprune.solvers.local_search import swap_search
-from layerprune.solvers.normalized import NormalizedProblem
+from layerprune.solvers.normalized import NormalizedProblem, ShiftedInverse
 
 
 def refit(norm: NormalizedProblem, X, mask):
@@ -34,9 +34,9 @@ def admm_from(norm: NormalizedProblem, Z, rho: float, max_iter: int = 300):
     """ALPS's iteration (its X-update and ρ schedule) from the state Z = X + V/ρ; returns (Dv, mask)."""
     T, X_block = np.empty_like(Z), np.empty_like(Z)
     mask, at = norm.projection_mask(Z, T), None
-    M = norm.inverse(rho)
+    inverse = ShiftedInverse(norm, rho)
     for it in range(1, max_iter + 1):
-        _admm_step(norm, Z, T, X_block, mask, M, rho)
+        _admm_step(norm, Z, T, X_block, mask, inverse, rho)
         mask = norm.projection_mask(Z, T)
         if it % 3:
             continue
@@ -47,7 +47,7 @@ def admm_from(norm: NormalizedProblem, Z, rho: float, max_iter: int = 300):
         new = rho * (1.3 if change > 0.1 else 1.2 if change > 0.005 else 1.1)
         Z += (Z * ~mask) * (rho / new - 1.0)
         rho = new
-        M = norm.inverse(rho)
+        inverse.set_rho(rho)
     return Z * mask, mask
 
 

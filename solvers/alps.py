@@ -19,9 +19,12 @@ by batched PCG (``solvers.pcg``) and the scaling undone: W = X D⁻¹. The proje
 is feasible by construction, so a run stopped by the iteration cap still returns a
 feasible point: the refit on its last support.
 
-Memory: the loop holds G, Z = X + V/ρ and one scratch (out × in), (Hn + ρI)⁻¹ and Q
-(in × in), two masks, and one block of rows for the X-update (``NormalizedProblem.blocks``);
-the projection selects its threshold inside the scratch array without copying the scores.
+Memory: the loop holds G, Z = X + V/ρ and one scratch (out × in), Q and, when in ≤ out,
+(Hn + ρI)⁻¹ (in × in; for in > out the X-update goes through Q twice instead,
+``ShiftedInverse``), two masks, and one block of rows for the X-update
+(``NormalizedProblem.blocks``); the projection selects its threshold inside the scratch
+array without copying the scores. The refit's products with Hn reuse the inverse's buffer,
+or go through the problem's H when there is none (``NormalizedProblem.hn_operator``).
 """
 
 from __future__ import annotations
@@ -30,14 +33,14 @@ import numpy as np
 
 from layerprune.solvers.backend import PhaseClock, matmul_precision, to_numpy
 from layerprune.solvers.local_search import swap_search
-from layerprune.solvers.normalized import NormalizedProblem
+from layerprune.solvers.normalized import NormalizedProblem, ShiftedInverse
 from layerprune.solvers.pcg import masked_pcg
 from layerprune.solvers.registry import register
 from layerprune.solvers.result import MethodOutput
 
 
 def pcg_refit(norm: NormalizedProblem, X, mask, Hn, before: float, tol: float | None, max_iter: int):
-    """PCG refit of X on ``mask``, in place, with Hn formed by the caller; returns (X, info).
+    """PCG refit of X on ``mask``, in place; Hn (matrix or product map) from the caller; returns (X, info).
 
     CG from a warm start decreases the objective monotonically (up to rounding), so
     ADMM's point is not kept aside; ``info`` records the error ``before`` and after.
@@ -79,6 +82,7 @@ def alps(
     local_search: bool | None = None,
     local_search_budget: float = 1e7,
     local_search_swaps: int = 50,
+    explicit_inverse: bool | None = None,
 ) -> MethodOutput:
     """ALPS on ``problem``; options (paper defaults):
 
@@ -101,6 +105,8 @@ def alps(
         (``solvers.local_search``) before the refit (only with ``refit``: a swap's gain assumes it). None (default): only when
         out · k² · in ≤ ``local_search_budget`` (k the largest count per row), i.e. on
         small problems, where it costs little; at most ``local_search_swaps`` swaps per row.
+    explicit_inverse : form (Hn + ρI)⁻¹ (in × in) at each ρ, or apply it through Q twice
+        (``solvers.normalized.ShiftedInverse``); None (default): explicit when in ≤ out.
     """
     use_tf32 = bool(tf32) and xp is not np and dtype == np.float32
     with matmul_precision(xp, "tf32" if use_tf32 else "float32") as precision:
@@ -108,7 +114,7 @@ def alps(
             problem, xp, dtype, cache, precision, use_tf32,
             rho0, max_iter, check_every, rho_max, early_stop_after, early_stop_change,
             max_restarts, refit, refit_tol, refit_max_iter, track_error, rho_factors, eig_dtype,
-            local_search, local_search_budget, local_search_swaps,
+            local_search, local_search_budget, local_search_swaps, explicit_inverse,
         )
 
 
@@ -129,7 +135,7 @@ def _local_search(norm: NormalizedProblem, mask, Hn, max_swaps: int):
     return norm.xp.asarray(new), swaps
 
 
-def _admm_step(norm: NormalizedProblem, Z, T, X_block, mask, M, rho: float) -> None:
+def _admm_step(norm: NormalizedProblem, Z, T, X_block, mask, inverse: ShiftedInverse, rho: float) -> None:
     """One X-update and dual update in place, block by block: Z ← X + Z ⊙ ¬mask with
     X = (G + ρ (2 Z ⊙ mask − Z)) (Hn + ρI)⁻¹; T's rows and X_block are scratch."""
     xp = norm.xp
@@ -140,7 +146,7 @@ def _admm_step(norm: NormalizedProblem, Z, T, X_block, mask, M, rho: float) -> N
         Tr -= Zr
         Tr *= rho
         Tr += norm.G[r]
-        Xr = xp.matmul(Tr, M, out=X_block[: Tr.shape[0]])  # X = T (Hn + ρI)⁻¹
+        Xr = inverse.apply(Tr, out=X_block[: Tr.shape[0]])  # X = T (Hn + ρI)⁻¹
         Zr *= ~keep  # Z = X + V/ρ
         Zr += Xr
 
@@ -157,7 +163,7 @@ def _alps(
     problem, xp, dtype, cache, precision, use_tf32,
     rho0, max_iter, check_every, rho_max, early_stop_after, early_stop_change,
     max_restarts, refit, refit_tol, refit_max_iter, track_error, rho_factors, eig_dtype,
-    local_search, local_search_budget, local_search_swaps,
+    local_search, local_search_budget, local_search_swaps, explicit_inverse,
 ) -> MethodOutput:
     """The ALPS iteration (see :func:`alps`), under the matmul ``precision`` context."""
     clock = PhaseClock(xp)
@@ -169,21 +175,22 @@ def _alps(
     # V/ρ = Z − Dv = Z ⊙ ¬mask, so Z alone carries both the split variable and the dual:
     #   T ← G − V + ρ Dv = G + ρ (2 Dv − Z);   X ← T (Hn + ρI)⁻¹;   Z ← X + Z ⊙ ¬mask.
     # The X-update is row-wise, so it runs over blocks of rows with X one block at a time.
-    # Buffers (out × in): G, Z and the scratch T, plus one block of rows; (in × in): M, Q.
+    # Buffers (out × in): G, Z and the scratch T, plus one block of rows; (in × in): Q, and
+    # the explicit inverse when in ≤ out.
     Z = xp.empty(problem.shape, dtype=dtype)
     T = xp.empty_like(Z)
     X_block = xp.empty((max(r.stop - r.start for r in norm.blocks), Z.shape[1]), dtype=dtype)
 
     rho, rose, restarts = float(rho0), False, 0
     mask = _start(norm, Z, T)
-    M = norm.inverse(rho)
+    inverse = ShiftedInverse(norm, rho, explicit_inverse)
     mask_at_check = mask
     history: list[dict] = []
     message = f"iteration cap ({max_iter}) reached"
     it = 0
     while it < max_iter:
         it += 1
-        _admm_step(norm, Z, T, X_block, mask, M, rho)
+        _admm_step(norm, Z, T, X_block, mask, inverse, rho)
         mask = norm.projection_mask(Z, T)  # Dv = P(Z) = Z ⊙ mask
         if it % check_every:
             continue
@@ -205,7 +212,7 @@ def _alps(
             rho, restarts = rho / 5.0, restarts + 1  # ρ was too large: restart smaller
             mask = _start(norm, Z, T)
             mask_at_check = mask
-            norm.inverse(rho, out=M)
+            inverse.set_rho(rho)
             continue
         if it >= early_stop_after and ratio < early_stop_change:
             message = f"support change {ratio:.2e} < {early_stop_change:g} at iteration {it}"
@@ -219,7 +226,7 @@ def _alps(
         T *= rho / new_rho - 1.0
         Z += T
         rho, rose = new_rho, True
-        norm.inverse(rho, out=M)
+        inverse.set_rho(rho)
 
     precision.set("float32")
     clock.lap("seconds_admm")
@@ -231,11 +238,14 @@ def _alps(
         last = history[-1] if history else {}
         ended_at_check = track_error and last.get("iteration") == it and not last.get("restarted")
         admm_error = last["rel_error"] if ended_at_check else norm.rel_error(X)
-        Hn = norm.hn(out=M)  # (Hn + ρI)⁻¹ is done with: its buffer takes Hn, formed once
+        buffer = inverse.release()  # (Hn + ρI)⁻¹ is done with: its buffer (if any) takes Hn
         if _wants_local_search(local_search, local_search_budget, mask):  # swaps assume the refit
+            Hn = norm.hn(out=buffer)  # formed once for the search and the refit
             mask, info["local_search_swaps"] = _local_search(norm, mask, Hn, local_search_swaps)
             X *= mask
             clock.lap("seconds_local_search")
+        else:
+            Hn = norm.hn_operator(buffer)
         X, refit_info = pcg_refit(norm, X, mask, Hn, admm_error, refit_tol, refit_max_iter)
         info.update(refit_info)
         clock.lap("seconds_refit")

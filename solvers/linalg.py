@@ -48,22 +48,59 @@ def inverse_cholesky_upper(H, xp):
     return cholesky_lower(H_inv, xp).T
 
 
+def eigh_inplace(A, xp):
+    """(λ ascending, Q) with A = Q diag(λ) Qᵀ for symmetric A (n × n), overwriting A where it can.
+
+    On CuPy in float32/float64 this runs cuSOLVER's syevd on A's own memory, so the only
+    extra memory is cuSOLVER's workspace (``cupy.linalg.eigh`` first copies A, one n × n
+    more). syevd writes the eigenvectors column-major, i.e. Qᵀ in A's row-major memory,
+    so Q is returned as ``A.T`` (a view). Elsewhere (NumPy, other dtypes, or a CuPy
+    without these bindings) it is ``xp.linalg.eigh(A)`` and A is left as it was.
+    """
+    if xp is not np and A.dtype in (np.float32, np.float64) and A.flags.c_contiguous:
+        try:
+            from cupy.cuda import cublas, cusolver, device
+        except ImportError:  # pragma: no cover - CuPy without the low-level bindings
+            pass
+        else:
+            single = A.dtype == np.float32
+            buffer_size = cusolver.ssyevd_bufferSize if single else cusolver.dsyevd_bufferSize
+            syevd = cusolver.ssyevd if single else cusolver.dsyevd
+            n = A.shape[0]
+            handle = device.get_cusolver_handle()
+            jobz, uplo = cusolver.CUSOLVER_EIG_MODE_VECTOR, cublas.CUBLAS_FILL_MODE_LOWER
+            lam = xp.empty(n, dtype=A.dtype)
+            lwork = buffer_size(handle, jobz, uplo, n, A.data.ptr, n, lam.data.ptr)
+            work = xp.empty(lwork, dtype=A.dtype)
+            info = xp.zeros(1, dtype=np.int32)
+            syevd(handle, jobz, uplo, n, A.data.ptr, n, lam.data.ptr, work.data.ptr, lwork, info.data.ptr)
+            del work
+            if int(info[0]) != 0:
+                raise ValueError(f"eigendecomposition of the hessian failed (cuSOLVER syevd info={int(info[0])})")
+            return lam, A.T
+    return xp.linalg.eigh(A)
+
+
 def normalized_eigh(H, xp, psd_tol: float = 1e-6, dtype=None):
     """d = √diag H and the eigendecomposition Hn = D⁻¹ H D⁻¹ = Q diag(λ) Qᵀ (in ``dtype``, default float64).
 
-    Returns (d, λ, Q); Hn itself is not kept (callers re-form it from Q and λ when needed).
+    Returns (d, λ, Q); Hn itself is not kept (callers re-form it from Q and λ, or use H, when
+    needed): on the GPU the decomposition overwrites the normalized copy (``eigh_inplace``),
+    so the setup holds one in × in array plus cuSOLVER's workspace.
     Raises ValueError when Hn has an eigenvalue below −psd_tol·max λ (not PSD).
     """
     dtype = np.dtype(dtype or np.float64)
-    Hn = H.astype(dtype)
+    Hn = H.astype(dtype, order="C", copy=True)
     diag = xp.diagonal(Hn).copy()
     if bool((diag <= 0).any()):
         raise ValueError("hessian has a zero or negative diagonal after damping")
     d = xp.sqrt(diag)
     Hn /= d[:, None]
     Hn /= d[None, :]
-    lam, Q = xp.linalg.eigh(Hn)
+    lam, Q = eigh_inplace(Hn, xp)
     del Hn
+    if not bool(xp.isfinite(lam).all()):
+        raise ValueError("eigendecomposition of the hessian produced NaN or Inf")
     if float(lam.min()) < -psd_tol * float(lam.max()):
         raise ValueError(f"hessian is not PSD: smallest eigenvalue {float(lam.min()):.3g} after normalization")
     return d, xp.clip(lam, 0, None), Q

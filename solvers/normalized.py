@@ -6,8 +6,10 @@ preconditioner), B = Ŵ D, G = B Hn. For X = W D,
     f(W) = tr((X − B) Hn (X − B)ᵀ) = ‖(X − B) Q Λ^½‖²_F,   ∇f = 2 (X Hn − G).
 
 Hn = Q diag(Λ) Qᵀ is computed once per Hessian and shared through the solve
-cache, so (Hn + ρI)⁻¹ = Q diag(1/(Λ + ρ)) Qᵀ costs one product for any ρ. Only
-Q and Λ are kept: Hn itself is re-formed (one product) when a refit needs it.
+cache, so (Hn + ρI)⁻¹ = Q diag(1/(Λ + ρ)) Qᵀ costs one product for any ρ
+(``ShiftedInverse``). Only Q and Λ are kept: products with Hn go through the
+problem's own H, P Hn = ((P D⁻¹) H) D⁻¹, when H is in the working dtype, and
+otherwise through Hn re-formed from Q (``hn_operator``).
 Work on (out × in) arrays goes in blocks of rows (``row_blocks``), so a solver's
 temporaries stay a fraction of the weight's size.
 The eigendecomposition runs in float64 on the CPU and in the working precision
@@ -50,13 +52,19 @@ class NormalizedProblem:
         self.kept = max(problem.kept, 1)
         self.d, self.lam, self.Q = d.astype(dtype), lam.astype(dtype), Q.astype(dtype, copy=False)
         self._weight = problem.weight
+        H = problem.hessian
+        self._H = H if problem.xp is xp and H.dtype == dtype else None  # usable for products with Hn
         self.blocks = row_blocks(*problem.shape)
-        self.G = xp.empty(problem.shape, dtype=dtype)  # B Hn = B Q Λ Qᵀ, one block of rows at a time
+        self.G = xp.empty(problem.shape, dtype=dtype)  # B Hn, one block of rows at a time
         for r in self.blocks:
-            BQ = self.B_rows(r) @ self.Q
-            BQ *= self.lam[None, :]
-            xp.matmul(BQ, self.Q.T, out=self.G[r])
-        del BQ
+            if self._H is not None:  # B Hn = (Ŵ H) D⁻¹: one product, exact up to rounding
+                xp.matmul(self._weight[r].astype(dtype, copy=False), self._H, out=self.G[r])
+                self.G[r] /= self.d[None, :]
+            else:  # B Q Λ Qᵀ
+                BQ = self.B_rows(r) @ self.Q
+                BQ *= self.lam[None, :]
+                xp.matmul(BQ, self.Q.T, out=self.G[r])
+                del BQ
         self.energy = self._energy()
 
     def _energy(self) -> float:
@@ -107,6 +115,21 @@ class NormalizedProblem:
         """Hn = Q diag(Λ) Qᵀ (in × in), written into ``out`` if given."""
         return self._q_diag_qt(self.lam, out)
 
+    def hn_operator(self, buffer=None):
+        """Products with Hn for the PCG refit: Hn itself (formed into ``buffer``) when a buffer
+        is given, else the map (P, out) ↦ P Hn = ((P D⁻¹) H) D⁻¹ through the problem's H when
+        it is in the working dtype (no in × in array beyond H), else a newly formed Hn."""
+        if buffer is not None or self._H is None:
+            return self.hn(out=buffer)
+        H, d, xp = self._H, self.d, self.xp
+
+        def times_hn(P, out):
+            xp.matmul(P / d[None, :], H, out=out)
+            out /= d[None, :]
+            return out
+
+        return times_hn
+
     def rel_error(self, X) -> float:
         """f / tr(Ŵ H Ŵᵀ) for X in normalized coordinates: ‖(X − B) Q Λ^½‖² / energy.
 
@@ -125,3 +148,42 @@ class NormalizedProblem:
     def unscale(self, X, out=None):
         """Back to the layer's coordinates: W = X D⁻¹ (into ``out`` if given, e.g. X itself)."""
         return self.xp.divide(X, self.d[None, :], out=out)
+
+
+class ShiftedInverse:
+    """Right products with (Hn + ρI)⁻¹ = Q diag(1/(Λ + ρ)) Qᵀ for a ρ that changes now and then.
+
+    ``explicit`` (default when in ≤ out) forms the in × in inverse at each ρ, so each product
+    is one GEMM; otherwise the product goes through Q twice, (T Q) diag(1/(Λ+ρ)) Qᵀ, with no
+    in × in buffer. For in > out the inverse would be the loop's largest buffer, and forming
+    it (2·in³ per ρ change, every 3 iterations in ALPS) costs about what it saves
+    (2·out·in² per iteration).
+    """
+
+    def __init__(self, norm: NormalizedProblem, rho: float, explicit: bool | None = None) -> None:
+        out, inp = norm.G.shape
+        self.norm = norm
+        self.explicit = inp <= out if explicit is None else bool(explicit)
+        self.M = None
+        self.set_rho(rho)
+
+    def set_rho(self, rho: float) -> None:
+        self.rho = float(rho)
+        if self.explicit:
+            self.M = self.norm.inverse(self.rho, out=self.M)
+        else:
+            self.scale = 1.0 / (self.norm.lam + self.rho)
+
+    def apply(self, T, out=None):
+        """T (Hn + ρI)⁻¹ for T (rows × in), into ``out`` if given."""
+        xp, Q = self.norm.xp, self.norm.Q
+        if self.explicit:
+            return xp.matmul(T, self.M, out=out)
+        TQ = T @ Q
+        TQ *= self.scale[None, :]
+        return xp.matmul(TQ, Q.T, out=out)
+
+    def release(self):
+        """The explicit inverse's in × in buffer for reuse (None when there is none); ends the operator."""
+        M, self.M = self.M, None
+        return M

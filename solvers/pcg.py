@@ -37,19 +37,21 @@ def masked_pcg(Hn, G, mask, X0, xp, tol: float = 1e-6, max_iter: int = 200, inpl
     """Solve mask ⊙ (X Hn) = mask ⊙ G for X supported on ``mask``, warm-started at X0.
 
     Hn: (in × in) SPD with unit diagonal, so the Jacobi preconditioner is the identity
-    and preconditioned CG is plain CG here; G, mask, X0: (out × in).
+    and preconditioned CG is plain CG here; or a callable (P, out) ↦ P Hn that writes
+    into ``out`` (``NormalizedProblem.hn_operator``); G, mask, X0: (out × in).
     ``inplace`` overwrites X0 with the solution (one weight-sized buffer fewer);
     ``blocks`` (row slices, default all rows at once) bound the per-iteration temporaries.
     Returns (X, PCGInfo). Rows are independent systems with their own α, β.
     """
     rows = G.shape[0]
     blocks = blocks or [slice(0, rows)]
+    times_hn = Hn if callable(Hn) else (lambda P, out: xp.matmul(P, Hn, out=out))
     X = X0 if inplace else X0.copy()
     X *= mask
     R = xp.empty_like(X)
     g_sq = 0.0
     for r in blocks:  # R = mask ⊙ (G − X Hn)
-        xp.matmul(X[r], Hn, out=R[r])
+        times_hn(X[r], R[r])
         xp.subtract(G[r], R[r], out=R[r])
         R[r] *= mask[r]
         g_sq += float(xp.sum(xp.square(G[r]) * mask[r]))
@@ -66,7 +68,7 @@ def masked_pcg(Hn, G, mask, X0, xp, tol: float = 1e-6, max_iter: int = 200, inpl
     while res > tol and it < max_iter:
         for r in blocks:
             Pr, Rr, rzr = P[r], R[r], rz[r]
-            APr = xp.matmul(Pr, Hn, out=AP[: Pr.shape[0]])
+            APr = times_hn(Pr, AP[: Pr.shape[0]])
             APr *= mask[r]
             pAp = _row_dots(Pr, APr, xp)
             alpha = xp.where(pAp > tiny, rzr / xp.maximum(pAp, tiny), 0.0).astype(G.dtype)[:, None]

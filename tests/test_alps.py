@@ -308,3 +308,80 @@ def test_alps_in_row_blocks_equals_one_block(rng, monkeypatch):
     blocked = solve(p, "alps", dtype="float64", local_search=False)
     np.testing.assert_array_equal(blocked.mask, whole.mask)
     assert abs(blocked.objective - whole.objective) <= 1e-9 * whole.objective
+
+
+def _hn64(p):
+    """Hn = D⁻¹ H D⁻¹ of the damped H, and d, in float64 from the problem (the reference)."""
+    H = np.asarray(p.hessian, dtype=np.float64)
+    d = np.sqrt(np.diag(H))
+    return H / d[:, None] / d[None, :], d
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_shifted_inverse_matches_a_direct_solve(rng, explicit):
+    """T (Hn + ρI)⁻¹, formed explicitly or applied through Q, against a float64 solve."""
+    from layerprune.solvers.normalized import NormalizedProblem, ShiftedInverse
+
+    p = synthetic_problem(20, 48, 0.7, seed=int(rng.integers(1 << 30)))
+    norm = NormalizedProblem(p, np, np.dtype(np.float32), {})
+    inv = ShiftedInverse(norm, 0.3, explicit)
+    assert inv.explicit is explicit and ShiftedInverse(norm, 0.3).explicit is False  # in > out: through Q
+    Hn, _ = _hn64(p)
+    T = rng.standard_normal((7, 48))
+    for rho in (0.3, 2.5):
+        inv.set_rho(rho)
+        ref = np.linalg.solve(Hn + rho * np.eye(48), T.T).T  # Hn symmetric: T (Hn+ρI)⁻¹
+        got = inv.apply(T.astype(np.float32))
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
+    assert (inv.release() is not None) is explicit
+
+
+def test_hn_operator_through_h_matches_float64(rng):
+    """P ↦ ((P D⁻¹) H) D⁻¹ equals P Hn, and G = B Hn, against float64 recomputations."""
+    from layerprune.solvers.normalized import NormalizedProblem
+
+    p = synthetic_problem(16, 40, 0.6, seed=int(rng.integers(1 << 30)))
+    norm = NormalizedProblem(p, np, np.dtype(np.float32), {})
+    Hn, d = _hn64(p)
+    times_hn = norm.hn_operator()
+    assert callable(times_hn)  # the problem's H is float32 like the solver: no Hn is formed
+    P = rng.standard_normal((5, 40)).astype(np.float32)
+    got = times_hn(P, np.empty_like(P))
+    ref = P.astype(np.float64) @ Hn
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
+    G_ref = (p.weight.astype(np.float64) * d[None, :]) @ Hn
+    assert np.linalg.norm(norm.G - G_ref) / np.linalg.norm(G_ref) < 1e-5
+    np.testing.assert_allclose(norm.hn_operator(np.empty((40, 40), np.float32)), Hn, atol=1e-5)
+
+
+@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.8), ("2:4", None)])
+def test_alps_wide_layer_same_with_or_without_explicit_inverse(pattern, sparsity):
+    """in > out: the X-update through Q and the refit through H give ALPS's answer of the explicit path."""
+    p = synthetic_problem(48, 160, sparsity, pattern, seed=31)  # float32, like the solver: the refit uses H
+    via_q = solve(p, "alps")
+    explicit = solve(p, "alps", explicit_inverse=True)
+    reference = solve(p, "alps", dtype="float64")  # float64 forms Hn from Q (H is float32)
+    assert (via_q.mask != explicit.mask).mean() < 1e-3 and (via_q.mask != reference.mask).mean() < 1e-3
+    assert via_q.objective == pytest.approx(explicit.objective, rel=1e-6)
+    assert via_q.objective == pytest.approx(reference.objective, rel=1e-5)
+    assert via_q.info["refit_converged"]
+
+
+@pytest.mark.gpu
+def test_inplace_eigh_on_the_gpu_matches_cupy():
+    """cuSOLVER syevd on the array's own memory: Q diag(λ) Qᵀ rebuilds Hn; λ equals cupy.linalg.eigh's."""
+    import cupy
+
+    from layerprune.solvers.linalg import eigh_inplace
+
+    p = synthetic_problem(64, 300, 0.7, seed=5, xp=cupy)
+    Hn64, _ = _hn64(LayerProblem(cupy.asnumpy(p.weight), cupy.asnumpy(p.raw_hessian), 0.7))
+    A = cupy.asarray(Hn64, dtype=cupy.float32)
+    ref_lam = cupy.linalg.eigh(A.copy())[0]
+    ptr = A.data.ptr
+    lam, Q = eigh_inplace(A, cupy)
+    assert Q.data.ptr == ptr  # no copy: the eigenvectors live in A's memory
+    rebuilt = cupy.asnumpy((Q * lam[None, :]) @ Q.T).astype(np.float64)
+    assert np.abs(rebuilt - Hn64).max() < 1e-4 * np.abs(Hn64).max()
+    assert cupy.allclose(lam, ref_lam, rtol=1e-4, atol=1e-5)
+    assert np.allclose(cupy.asnumpy(Q.T @ Q), np.eye(300), atol=1e-4)

@@ -1,0 +1,65 @@
+"""Workspace and time of cuSOLVER's symmetric eigensolvers at LLaMA-7B widths (float32), one device call.
+
+    python benchmarks/eigh_workspace.py [--sizes 4096,11008] [--jacobi]
+
+ALPS's setup holds the normalized Hessian (overwritten by its eigenvectors, ``solvers.linalg.eigh_inplace``)
+plus the solver's workspace; this prints that workspace in units of n² floats for syevd (divide and conquer,
+what ALPS uses) and, with ``--jacobi``, for syevj with its time, on a correlated test matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="4096,11008")
+    ap.add_argument("--jacobi", action="store_true")
+    args = ap.parse_args()
+    import cupy
+    from cupy.cuda import cublas, cusolver, device
+
+    from layerprune.solvers.linalg import eigh_inplace
+
+    handle = device.get_cusolver_handle()
+    jobz, uplo = cusolver.CUSOLVER_EIG_MODE_VECTOR, cublas.CUBLAS_FILL_MODE_LOWER
+    print("| n | solver | workspace (n² floats) | seconds | max |A − QΛQᵀ| / max |A| |")
+    print("|---|---|---|---|---|")
+    for n in map(int, args.sizes.split(",")):
+        X = cupy.random.standard_normal((2 * n, n), dtype=cupy.float32)
+        X[:, 1:] += 0.5 * X[:, :-1]  # correlated columns
+        A = X.T @ X / (2 * n)
+        del X
+        lam = cupy.empty(n, dtype=cupy.float32)
+        lwork = cusolver.ssyevd_bufferSize(handle, jobz, uplo, n, A.data.ptr, n, lam.data.ptr)
+        B = A.copy()
+        cupy.cuda.runtime.deviceSynchronize()
+        t = time.perf_counter()
+        w, Q = eigh_inplace(B, cupy)
+        cupy.cuda.runtime.deviceSynchronize()
+        sec = time.perf_counter() - t
+        err = float(cupy.abs((Q * w[None, :]) @ Q.T - A).max() / cupy.abs(A).max())
+        print(f"| {n} | syevd (in place) | {lwork / n**2:.2f} | {sec:.3f} | {err:.1e} |", flush=True)
+        del B, Q, w
+        if args.jacobi:
+            params = cusolver.createSyevjInfo()
+            lwork = cusolver.ssyevj_bufferSize(handle, jobz, uplo, n, A.data.ptr, n, lam.data.ptr, params)
+            B = A.copy()
+            work = cupy.empty(lwork, dtype=cupy.float32)
+            info = cupy.zeros(1, dtype=cupy.int32)
+            cupy.cuda.runtime.deviceSynchronize()
+            t = time.perf_counter()
+            cusolver.ssyevj(handle, jobz, uplo, n, B.data.ptr, n, lam.data.ptr, work.data.ptr, lwork, info.data.ptr, params)
+            cupy.cuda.runtime.deviceSynchronize()
+            sec = time.perf_counter() - t
+            Q = B.T
+            err = float(cupy.abs((Q * lam[None, :]) @ Q.T - A).max() / cupy.abs(A).max())
+            print(f"| {n} | syevj | {lwork / n**2:.2f} | {sec:.3f} | {err:.1e} |", flush=True)
+            cusolver.destroySyevjInfo(params)
+            del B, Q, work
+
+
+if __name__ == "__main__":
+    main()
