@@ -29,6 +29,9 @@ or go through the problem's H when there is none (``NormalizedProblem.hn_operato
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from typing import Any
+
 import numpy as np
 
 from layerprune.solvers.backend import PhaseClock, matmul_precision, to_numpy
@@ -59,32 +62,9 @@ def pcg_refit(norm: NormalizedProblem, X, mask, Hn, before: float, tol: float | 
     return X_fit, info
 
 
-@register("alps")
-def alps(
-    problem,
-    xp,
-    dtype,
-    cache,
-    rho0: float = 0.1,
-    max_iter: int = 300,
-    check_every: int = 3,
-    rho_max: float = 1e6,
-    early_stop_after: int = 30,
-    early_stop_change: float = 3e-4,
-    max_restarts: int = 12,
-    refit: bool = True,
-    refit_tol: float | None = None,
-    refit_max_iter: int = 200,
-    track_error: bool = True,
-    rho_factors: tuple[float, float, float] = (1.3, 1.2, 1.1),
-    eig_dtype=None,
-    tf32: bool = False,
-    local_search: bool | None = None,
-    local_search_budget: float = 1e7,
-    local_search_swaps: int = 50,
-    explicit_inverse: bool | None = None,
-) -> MethodOutput:
-    """ALPS on ``problem``; options (paper defaults):
+@dataclass(frozen=True)
+class ALPSOptions:
+    """ALPS's options, with the paper's defaults (``solve(problem, "alps", **options)``).
 
     rho0 : initial penalty ρ₀ (0.1).
     max_iter : ADMM iteration cap (300).
@@ -96,26 +76,51 @@ def alps(
     refit_tol : relative masked-residual tolerance (default 1e-5 in float32, 1e-10 in float64).
     refit_max_iter : PCG iteration cap (200).
     track_error : record the relative error of the projected iterate at each check.
+    rho_factors : ρ multipliers for c/k > 10%, > 0.5% and any change ((1.3, 1.2, 1.1)).
+    eig_dtype : precision of the eigendecomposition (float64 on CPU, the working dtype on GPU).
     tf32 : on the GPU in float32, run the ADMM products in TF32 while the support still moves
         by more than 0.5% per check, then in full float32 (refit always float32). Off by default:
         on an H100 it cut 4096×4096 from 0.49 s to 0.39 s but raised the error 0.1–0.6% (BENCHMARKS.md).
-    eig_dtype : precision of the eigendecomposition (float64 on CPU, the working dtype on GPU).
-    rho_factors : ρ multipliers for c/k > 10%, > 0.5% and any change ((1.3, 1.2, 1.1)).
     local_search : after ADMM, improve the support by exact single swaps per row
-        (``solvers.local_search``) before the refit (only with ``refit``: a swap's gain assumes it). None (default): only when
-        out · k² · in ≤ ``local_search_budget`` (k the largest count per row), i.e. on
-        small problems, where it costs little; at most ``local_search_swaps`` swaps per row.
+        (``solvers.local_search``) before the refit (only with ``refit``: a swap's gain assumes it).
+        None (default): only when out · k² · in ≤ ``local_search_budget`` (k the largest count per
+        row), i.e. on small problems, where it costs little; at most ``local_search_swaps`` swaps per row.
     explicit_inverse : form (Hn + ρI)⁻¹ (in × in) at each ρ, or apply it through Q twice
-        (``solvers.normalized.ShiftedInverse``); None (default): explicit when in ≤ out.
+        (``solvers.normalized.ShiftedInverse``); None (default): explicit when in ≤ out. Without
+        the explicit inverse the refit's products go through the problem's H (no in × in buffer).
     """
-    use_tf32 = bool(tf32) and xp is not np and dtype == np.float32
+
+    rho0: float = 0.1
+    max_iter: int = 300
+    check_every: int = 3
+    rho_max: float = 1e6
+    early_stop_after: int = 30
+    early_stop_change: float = 3e-4
+    max_restarts: int = 12
+    refit: bool = True
+    refit_tol: float | None = None
+    refit_max_iter: int = 200
+    track_error: bool = True
+    rho_factors: tuple[float, float, float] = (1.3, 1.2, 1.1)
+    eig_dtype: Any = None
+    tf32: bool = False
+    local_search: bool | None = None
+    local_search_budget: float = 1e7
+    local_search_swaps: int = 50
+    explicit_inverse: bool | None = None
+
+
+@register("alps")
+def alps(problem, xp, dtype, cache, **options: Any) -> MethodOutput:
+    """ALPS on ``problem``; ``options`` are the fields of :class:`ALPSOptions` (paper defaults)."""
+    names = {f.name for f in fields(ALPSOptions)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"alps got unknown option(s) {unknown}; the options are {sorted(names)}")
+    opts = ALPSOptions(**options)
+    use_tf32 = bool(opts.tf32) and xp is not np and dtype == np.float32
     with matmul_precision(xp, "tf32" if use_tf32 else "float32") as precision:
-        return _alps(
-            problem, xp, dtype, cache, precision, use_tf32,
-            rho0, max_iter, check_every, rho_max, early_stop_after, early_stop_change,
-            max_restarts, refit, refit_tol, refit_max_iter, track_error, rho_factors, eig_dtype,
-            local_search, local_search_budget, local_search_swaps, explicit_inverse,
-        )
+        return _alps(problem, xp, dtype, cache, precision, use_tf32, opts)
 
 
 def _wants_local_search(local_search: bool | None, budget: float, mask) -> bool:
@@ -159,15 +164,10 @@ def _start(norm: NormalizedProblem, Z, T):
     return mask
 
 
-def _alps(
-    problem, xp, dtype, cache, precision, use_tf32,
-    rho0, max_iter, check_every, rho_max, early_stop_after, early_stop_change,
-    max_restarts, refit, refit_tol, refit_max_iter, track_error, rho_factors, eig_dtype,
-    local_search, local_search_budget, local_search_swaps, explicit_inverse,
-) -> MethodOutput:
-    """The ALPS iteration (see :func:`alps`), under the matmul ``precision`` context."""
+def _alps(problem, xp, dtype, cache, precision, use_tf32: bool, o: ALPSOptions) -> MethodOutput:
+    """The ALPS iteration (see the module's docstring), under the matmul ``precision`` context."""
     clock = PhaseClock(xp)
-    norm = NormalizedProblem(problem, xp, dtype, cache, eig_dtype=eig_dtype)
+    norm = NormalizedProblem(problem, xp, dtype, cache, eig_dtype=o.eig_dtype)
     clock.lap("seconds_setup")
     k = norm.kept
 
@@ -181,31 +181,31 @@ def _alps(
     T = xp.empty_like(Z)
     X_block = xp.empty((max(r.stop - r.start for r in norm.blocks), Z.shape[1]), dtype=dtype)
 
-    rho, rose, restarts = float(rho0), False, 0
+    rho, rose, restarts = float(o.rho0), False, 0
     mask = _start(norm, Z, T)
-    inverse = ShiftedInverse(norm, rho, explicit_inverse)
+    inverse = ShiftedInverse(norm, rho, o.explicit_inverse)
     mask_at_check = mask
     history: list[dict] = []
-    message = f"iteration cap ({max_iter}) reached"
+    message = f"iteration cap ({o.max_iter}) reached"
     it = 0
-    while it < max_iter:
+    while it < o.max_iter:
         it += 1
         _admm_step(norm, Z, T, X_block, mask, inverse, rho)
         mask = norm.projection_mask(Z, T)  # Dv = P(Z) = Z ⊙ mask
-        if it % check_every:
+        if it % o.check_every:
             continue
         changed = int(xp.count_nonzero(mask != mask_at_check))
         ratio = changed / k
         mask_at_check = mask
         entry = {"iteration": it, "rho": rho, "support_change": ratio, "changed": changed}
-        if track_error:
+        if o.track_error:
             entry["rel_error"] = norm.rel_error(xp.multiply(Z, mask, out=T))
         history.append(entry)
         if changed == 0:
             if rose:
                 message = f"support stable at iteration {it}"
                 break
-            if restarts >= max_restarts:
+            if restarts >= o.max_restarts:
                 message = f"support frozen from the start after {restarts} restarts"
                 break
             entry["restarted"] = True
@@ -214,13 +214,13 @@ def _alps(
             mask_at_check = mask
             inverse.set_rho(rho)
             continue
-        if it >= early_stop_after and ratio < early_stop_change:
-            message = f"support change {ratio:.2e} < {early_stop_change:g} at iteration {it}"
+        if it >= o.early_stop_after and ratio < o.early_stop_change:
+            message = f"support change {ratio:.2e} < {o.early_stop_change:g} at iteration {it}"
             break
         if use_tf32 and ratio <= 0.005:  # the support has nearly settled: finish in float32
             precision.set("float32")
             use_tf32 = False
-        new_rho = min(rho * (rho_factors[0] if ratio > 0.1 else rho_factors[1] if ratio > 0.005 else rho_factors[2]), rho_max)
+        new_rho = min(rho * (o.rho_factors[0] if ratio > 0.1 else o.rho_factors[1] if ratio > 0.005 else o.rho_factors[2]), o.rho_max)
         # keep the dual V = ρ (Z − Dv) fixed across the change: Z ⊙ ¬mask scales by ρ_old/ρ_new
         xp.multiply(Z, ~mask, out=T)
         T *= rho / new_rho - 1.0
@@ -233,20 +233,20 @@ def _alps(
     info = {"rho_final": rho, "restarts": restarts, "stop_reason": message}
     X = xp.multiply(Z, mask, out=Z)  # the projected iterate Dv, feasible by construction
     del T, X_block  # free ADMM's buffers before the refit allocates its own
-    if refit:
+    if o.refit:
         # the loop usually ends right after a check, whose entry already holds this error
         last = history[-1] if history else {}
-        ended_at_check = track_error and last.get("iteration") == it and not last.get("restarted")
+        ended_at_check = o.track_error and last.get("iteration") == it and not last.get("restarted")
         admm_error = last["rel_error"] if ended_at_check else norm.rel_error(X)
         buffer = inverse.release()  # (Hn + ρI)⁻¹ is done with: its buffer (if any) takes Hn
-        if _wants_local_search(local_search, local_search_budget, mask):  # swaps assume the refit
+        if _wants_local_search(o.local_search, o.local_search_budget, mask):  # swaps assume the refit
             Hn = norm.hn(out=buffer)  # formed once for the search and the refit
-            mask, info["local_search_swaps"] = _local_search(norm, mask, Hn, local_search_swaps)
+            mask, info["local_search_swaps"] = _local_search(norm, mask, Hn, o.local_search_swaps)
             X *= mask
             clock.lap("seconds_local_search")
         else:
             Hn = norm.hn_operator(buffer)
-        X, refit_info = pcg_refit(norm, X, mask, Hn, admm_error, refit_tol, refit_max_iter)
+        X, refit_info = pcg_refit(norm, X, mask, Hn, admm_error, o.refit_tol, o.refit_max_iter)
         info.update(refit_info)
         clock.lap("seconds_refit")
     info.update(clock.laps)

@@ -385,3 +385,9 @@ def test_inplace_eigh_on_the_gpu_matches_cupy():
     assert np.abs(rebuilt - Hn64).max() < 1e-4 * np.abs(Hn64).max()
     assert cupy.allclose(lam, ref_lam, rtol=1e-4, atol=1e-5)
     assert np.allclose(cupy.asnumpy(Q.T @ Q), np.eye(300), atol=1e-4)
+
+
+def test_unknown_alps_option_is_a_clear_error():
+    p = synthetic_problem(8, 16, 0.5, seed=2)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['rho'\]"):
+        solve(p, "alps", rho=3.0)
