@@ -13,8 +13,9 @@ Every ``check_every`` iterations the support change c (entries entering or
 leaving, against the kept count k) drives ρ: c/k > 10% → ×1.3, > 0.5% → ×1.2,
 any change → ×1.1; no change stops once ρ has risen (if it never rose, ρ was
 too large: ρ/5 and restart). ρ ≤ 1e6, ≤ 300 iterations, early stop after 30
-iterations once c/k < 3·10⁻⁴. On small problems the final support is then improved by
-exact single swaps per row (``solvers.local_search``). The final support is refit exactly
+iterations once c/k < 3·10⁻⁴. On small problems (or on request) the final support is then
+improved by exact local search (``solvers.local_search``: moves between rows for a per-layer
+count, swaps inside rows otherwise). The final support is refit exactly
 by batched PCG (``solvers.pcg``) and the scaling undone: W = X D⁻¹. The projected iterate
 is feasible by construction, so a run stopped by the iteration cap still returns a
 feasible point: the refit on its last support.
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from layerprune.solvers.backend import PhaseClock, matmul_precision, to_numpy
-from layerprune.solvers.local_search import swap_search
+from layerprune.solvers.local_search import move_search, swap_search
 from layerprune.solvers.normalized import NormalizedProblem, ShiftedInverse
 from layerprune.solvers.pcg import masked_pcg
 from layerprune.solvers.registry import register
@@ -81,10 +82,13 @@ class ALPSOptions:
     tf32 : on the GPU in float32, run the ADMM products in TF32 while the support still moves
         by more than 0.5% per check, then in full float32 (refit always float32). Off by default:
         on an H100 it cut 4096×4096 from 0.49 s to 0.39 s but raised the error 0.1–0.6% (BENCHMARKS.md).
-    local_search : after ADMM, improve the support by exact single swaps per row
-        (``solvers.local_search``) before the refit (only with ``refit``: a swap's gain assumes it).
+    local_search : after ADMM, improve the support exactly before the refit (``solvers.local_search``;
+        only with ``refit``: the gains assume it): ``unstructured`` by moves of kept entries between
+        rows (the count per layer is kept), ``row`` and N:M by swaps inside a row (or group).
         None (default): only when out · k² · in ≤ ``local_search_budget`` (k the largest count per
-        row), i.e. on small problems, where it costs little; at most ``local_search_swaps`` swaps per row.
+        row), i.e. on small problems, where it costs little; at most ``local_search_swaps`` swaps per
+        row, or that many moves per row on average. True on SmolLM2's layers lowers the error by
+        1–9 % at seconds to minutes per layer on a CPU (BENCHMARKS.md).
     explicit_inverse : form (Hn + ρI)⁻¹ (in × in) at each ρ, or apply it through Q twice
         (``solvers.normalized.ShiftedInverse``); None (default): explicit when in ≤ out. Without
         the explicit inverse the refit's products go through the problem's H (no in × in buffer).
@@ -132,12 +136,15 @@ def _wants_local_search(local_search: bool | None, budget: float, mask) -> bool:
     return out * k * k * inp <= budget
 
 
-def _local_search(norm: NormalizedProblem, mask, Hn, max_swaps: int):
-    """Swap local search on the host in float64 (``solvers.local_search``); (mask on xp, swaps)."""
+def _local_search(norm: NormalizedProblem, mask, Hn, max_swaps: int) -> tuple:
+    """Local search on the host in float64 (``solvers.local_search``): (mask on xp, info key, count)."""
+    Hn64, G, start = to_numpy(Hn).astype(np.float64), to_numpy(norm.G), to_numpy(mask)
+    if norm.pattern.kind == "unstructured":
+        new, moves = move_search(Hn64, G, start, max_moves=max_swaps * start.shape[0])
+        return norm.xp.asarray(new), "local_search_moves", moves
     group = norm.pattern.m if norm.pattern.kind == "nm" else None
-    new, swaps = swap_search(to_numpy(Hn).astype(np.float64), to_numpy(norm.G), to_numpy(mask), group=group,
-                             max_swaps=max_swaps)
-    return norm.xp.asarray(new), swaps
+    new, swaps = swap_search(Hn64, G, start, group=group, max_swaps=max_swaps)
+    return norm.xp.asarray(new), "local_search_swaps", swaps
 
 
 def _admm_step(norm: NormalizedProblem, Z, T, X_block, mask, inverse: ShiftedInverse, rho: float) -> None:
@@ -241,7 +248,7 @@ def _alps(problem, xp, dtype, cache, precision, use_tf32: bool, o: ALPSOptions) 
         buffer = inverse.release()  # (Hn + ρI)⁻¹ is done with: its buffer (if any) takes Hn
         if _wants_local_search(o.local_search, o.local_search_budget, mask):  # swaps assume the refit
             Hn = norm.hn(out=buffer)  # formed once for the search and the refit
-            mask, info["local_search_swaps"] = _local_search(norm, mask, Hn, o.local_search_swaps)
+            mask, key, info[key] = _local_search(norm, mask, Hn, o.local_search_swaps)
             X *= mask
             clock.lap("seconds_local_search")
         else:
