@@ -158,12 +158,14 @@ def move_search(Hn: np.ndarray, G: np.ndarray, mask: np.ndarray, max_moves: int 
     best_gain = np.empty(len(rows))
     best_add = np.zeros(len(rows), dtype=np.int64)
     cheapest = np.empty(len(rows))
+    cheapest_at = np.zeros(len(rows), dtype=np.int64)  # its position in the row's S
 
     def score(r: int) -> None:
         gains, costs = rows[r].addition_gains(), rows[r].removal_costs()
         best_add[r] = int(np.argmax(gains))
         best_gain[r] = gains[best_add[r]]
-        cheapest[r] = costs.min() if costs.size else np.inf
+        cheapest_at[r] = int(np.argmin(costs)) if costs.size else 0
+        cheapest[r] = costs[cheapest_at[r]] if costs.size else np.inf
 
     for r in range(len(rows)):
         score(r)
@@ -182,7 +184,7 @@ def move_search(Hn: np.ndarray, G: np.ndarray, mask: np.ndarray, max_moves: int 
         if costs_b.size and costs_b.min() <= others[a]:
             a, p, cost = b, int(np.argmin(costs_b)), costs_b.min()
         else:
-            p, cost = int(np.argmin(rows[a].removal_costs())), others[a]
+            p, cost = int(cheapest_at[a]), others[a]
         if not gain - cost > tol:
             rows[b].remove(rows[b].S.size - 1)  # undo
             break

@@ -394,10 +394,9 @@ def test_unknown_alps_option_is_a_clear_error():
 
 
 def _hn_g(p):
-    H, W = p.hessian.astype(np.float64), p.weight.astype(np.float64)
-    d = np.sqrt(np.diag(H))
-    Hn = H / np.outer(d, d)
-    return Hn, (W * d) @ Hn
+    """Hn and G = B Hn in float64 (from ``_hn64``)."""
+    Hn, d = _hn64(p)
+    return Hn, (p.weight.astype(np.float64) * d) @ Hn
 
 
 def _row_decrease(Hn, g, S):
