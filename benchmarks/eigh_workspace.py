@@ -1,10 +1,12 @@
 """Workspace and time of cuSOLVER's symmetric eigensolvers at LLaMA-7B widths (float32), one device call.
 
-    python benchmarks/eigh_workspace.py [--sizes 4096,11008] [--jacobi]
+    python benchmarks/eigh_workspace.py [--sizes 4096,11008] [--jacobi] [--staged]
 
 ALPS's setup holds the normalized Hessian (overwritten by its eigenvectors, ``solvers.linalg.eigh_inplace``)
 plus the solver's workspace; this prints that workspace in units of n² floats for syevd (divide and conquer,
-what ALPS uses) and, with ``--jacobi``, for syevj with its time, on a correlated test matrix.
+one call), with ``--jacobi`` for syevj, and with ``--staged`` for the staged route (``solvers.staged_eigh``:
+sytrd and orgtr, host stedc, one product in panels; its row gives the most bytes held beside A at once, from a CuPy pool
+hook, and the host step's seconds), with times and errors, on a correlated test matrix.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="4096,11008")
     ap.add_argument("--jacobi", action="store_true")
+    ap.add_argument("--staged", action="store_true")
     args = ap.parse_args()
     import cupy
     from cupy.cuda import cublas, cusolver, device
@@ -59,6 +62,42 @@ def main() -> None:
             print(f"| {n} | syevj | {lwork / n**2:.2f} | {sec:.3f} | {err:.1e} |", flush=True)
             cusolver.destroySyevjInfo(params)
             del B, Q, work
+        if args.staged:
+            _staged_row(A, n)
+
+
+def _staged_row(A, n: int) -> None:
+    import cupy
+    from gpu_bench import PeakMemory
+
+    from layerprune.solvers import staged_eigh as staged
+
+    host_seconds = []
+    tridiagonal = staged.tridiagonal_eigh
+
+    def timed_tridiagonal(d, e):
+        t = time.perf_counter()
+        out = tridiagonal(d, e)
+        host_seconds.append(time.perf_counter() - t)
+        return out
+
+    staged.tridiagonal_eigh = timed_tridiagonal
+    try:
+        for panel in (n // 8, n // 4):
+            B = A.copy()
+            cupy.cuda.runtime.deviceSynchronize()
+            with PeakMemory(cupy) as mem:
+                t = time.perf_counter()
+                w, Q = staged.staged_eigh(B, cupy, panel=panel)
+                cupy.cuda.runtime.deviceSynchronize()
+                sec = time.perf_counter() - t
+            extra = mem.peak / (4 * n * n)  # beside A, counting the n² array that becomes Q (syevd writes Q into A)
+            err = float(cupy.abs((Q * w[None, :]) @ Q.T - A).max() / cupy.abs(A).max())
+            print(f"| {n} | staged, panel n/{n // panel} (host stedc {host_seconds[-1]:.2f} s) | {extra:.2f} "
+                  f"(with Q's n²) | {sec:.3f} | {err:.1e} |", flush=True)
+            del B, Q, w
+    finally:
+        staged.tridiagonal_eigh = tridiagonal
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ VARIANTS = {  # extra rows: method name, options
     "alps-eig64": ("alps", {"eig_dtype": "float64"}),
     "alps-tf32": ("alps", {"tf32": True}),
     "alps-explicit-inverse": ("alps", {"explicit_inverse": True}),  # the in × in inverse even when in > out
+    "alps-syevd": ("alps", {"staged_eigh": False}),  # cuSOLVER's one-call eigendecomposition even when in > out
 }
 
 

@@ -92,6 +92,10 @@ class ALPSOptions:
     explicit_inverse : form (Hn + ρI)⁻¹ (in × in) at each ρ, or apply it through Q twice
         (``solvers.normalized.ShiftedInverse``); None (default): explicit when in ≤ out. Without
         the explicit inverse the refit's products go through the problem's H (no in × in buffer).
+    staged_eigh : eigendecompose in stages with a bounded workspace (``solvers.staged_eigh``:
+        about 1.3 in² beside the matrix instead of cuSOLVER syevd's 4 in², for a slower host
+        step); None (default): staged on the GPU when in > out, where the in × in arrays
+        outweigh the weight.
     """
 
     rho0: float = 0.1
@@ -112,6 +116,7 @@ class ALPSOptions:
     local_search_budget: float = 1e7
     local_search_swaps: int = 50
     explicit_inverse: bool | None = None
+    staged_eigh: bool | None = None
 
 
 @register("alps")
@@ -174,7 +179,9 @@ def _start(norm: NormalizedProblem, Z, T):
 def _alps(problem, xp, dtype, cache, precision, use_tf32: bool, o: ALPSOptions) -> MethodOutput:
     """The ALPS iteration (see the module's docstring), under the matmul ``precision`` context."""
     clock = PhaseClock(xp)
-    norm = NormalizedProblem(problem, xp, dtype, cache, eig_dtype=o.eig_dtype)
+    out, inp = problem.shape
+    staged = (xp is not np and inp > out) if o.staged_eigh is None else bool(o.staged_eigh)
+    norm = NormalizedProblem(problem, xp, dtype, cache, eig_dtype=o.eig_dtype, staged_eigh=staged)
     clock.lap("seconds_setup")
     k = norm.kept
 

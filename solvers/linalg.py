@@ -48,15 +48,21 @@ def inverse_cholesky_upper(H, xp):
     return cholesky_lower(H_inv, xp).T
 
 
-def eigh_inplace(A, xp):
+def eigh_inplace(A, xp, staged: bool = False):
     """(λ ascending, Q) with A = Q diag(λ) Qᵀ for symmetric A (n × n), overwriting A where it can.
 
     On CuPy in float32/float64 this runs cuSOLVER's syevd on A's own memory, so the only
-    extra memory is cuSOLVER's workspace (``cupy.linalg.eigh`` first copies A, one n × n
-    more). syevd writes the eigenvectors column-major, i.e. Qᵀ in A's row-major memory,
-    so Q is returned as ``A.T`` (a view). Elsewhere (NumPy, other dtypes, or a CuPy
+    extra memory is cuSOLVER's workspace, about 4 n² (``cupy.linalg.eigh`` first copies A,
+    one n × n more). syevd writes the eigenvectors column-major, i.e. Qᵀ in A's row-major
+    memory, so Q is returned as ``A.T`` (a view). ``staged=True`` runs the same
+    decomposition in stages with about n² + n²/4 of workspace instead, and a slower
+    host step (``solvers.staged_eigh``). Elsewhere (NumPy, other dtypes, or a CuPy
     without these bindings) it is ``xp.linalg.eigh(A)`` and A is left as it was.
     """
+    if staged and A.dtype in (np.float32, np.float64) and A.flags.c_contiguous:
+        from layerprune.solvers.staged_eigh import staged_eigh
+
+        return staged_eigh(A, xp)
     if xp is not np and A.dtype in (np.float32, np.float64) and A.flags.c_contiguous:
         try:
             from cupy.cuda import cublas, cusolver, device
@@ -81,12 +87,12 @@ def eigh_inplace(A, xp):
     return xp.linalg.eigh(A)
 
 
-def normalized_eigh(H, xp, psd_tol: float = 1e-6, dtype=None):
+def normalized_eigh(H, xp, psd_tol: float = 1e-6, dtype=None, staged: bool = False):
     """d = √diag H and the eigendecomposition Hn = D⁻¹ H D⁻¹ = Q diag(λ) Qᵀ (in ``dtype``, default float64).
 
     Returns (d, λ, Q); Hn itself is not kept (callers re-form it from Q and λ, or use H, when
     needed): on the GPU the decomposition overwrites the normalized copy (``eigh_inplace``),
-    so the setup holds one in × in array plus cuSOLVER's workspace.
+    so the setup holds one in × in array plus cuSOLVER's workspace (``staged``: see ``eigh_inplace``).
     Raises ValueError when Hn has an eigenvalue below −psd_tol·max λ (not PSD).
     """
     dtype = np.dtype(dtype or np.float64)
@@ -97,7 +103,7 @@ def normalized_eigh(H, xp, psd_tol: float = 1e-6, dtype=None):
     d = xp.sqrt(diag)
     Hn /= d[:, None]
     Hn /= d[None, :]
-    lam, Q = eigh_inplace(Hn, xp)
+    lam, Q = eigh_inplace(Hn, xp, staged=staged)
     del Hn
     if not bool(xp.isfinite(lam).all()):
         raise ValueError("eigendecomposition of the hessian produced NaN or Inf")

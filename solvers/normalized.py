@@ -41,11 +41,11 @@ def row_blocks(rows: int, cols: int = 0, parts: int = 4, min_rows: int = 128, sm
 class NormalizedProblem:
     """Arrays of one problem in normalized coordinates, on backend ``xp`` in ``dtype``."""
 
-    def __init__(self, problem, xp, dtype, cache: dict, eig_dtype=None) -> None:
+    def __init__(self, problem, xp, dtype, cache: dict, eig_dtype=None, staged_eigh: bool = False) -> None:
         eig_dtype = np.dtype(eig_dtype or (np.float64 if xp is np else dtype))
-        key = ("eig", eig_dtype.str)
+        key = ("eig", eig_dtype.str)  # the staged route gives the same decomposition
         if key not in cache:
-            cache[key] = normalized_eigh(problem.hessian, xp, dtype=eig_dtype)
+            cache[key] = normalized_eigh(problem.hessian, xp, dtype=eig_dtype, staged=staged_eigh)
         d, lam, Q = cache[key]
         self.xp, self.dtype = xp, dtype
         self.pattern, self.sparsity = problem.pattern, problem.sparsity
