@@ -209,18 +209,12 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
             H = H if H.is_cuda else H.cuda()
         else:
             H = H.cpu()
-        problems = [
-            LayerProblem(
-                # a copy: the problem's Ŵ stays the dense weight whatever is written into the layer
-                weight=linears[name].weight.detach().to(device=H.device, dtype=torch.float32, copy=True),
-                hessian=H,
-                sparsity=settings.sparsity,
-                pattern=settings.pattern,
-                damping=settings.damping,
-                name=f"block{index}.{name}",
-            )
-            for name in group
-        ]
+        # a copy of each weight: the problem's Ŵ stays the dense weight whatever is written into the layer
+        dense = [linears[name].weight.detach().to(device=H.device, dtype=torch.float32, copy=True) for name in group]
+        first = LayerProblem(weight=dense[0], hessian=H, sparsity=settings.sparsity, pattern=settings.pattern,
+                             damping=settings.damping, name=f"block{index}.{group[0]}")
+        # the group's other layers share the first's validated, damped Hessian
+        problems = [first] + [first.with_weight(w, name=f"block{index}.{name}") for name, w in zip(group[1:], dense[1:])]
         results = solve_many(problems, settings.method, cache={}, device=solver_dev, keep_array_type=True,
                              **settings.options)
         for name, problem, r in zip(group, problems, results):

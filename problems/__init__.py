@@ -1,13 +1,14 @@
 """Layer pruning problems: `LayerProblem`, sparsity patterns, problem builders."""
 
 from layerprune.problems.builders import HessianAccumulator, synthetic_problem
-from layerprune.problems.patterns import Pattern, balanced_counts, parse_pattern, top_k_per_row
+from layerprune.problems.patterns import Pattern, StackedPattern, balanced_counts, parse_pattern, top_k_per_row
 from layerprune.problems.problem import LayerProblem
 
 __all__ = [
     "HessianAccumulator",
     "LayerProblem",
     "Pattern",
+    "StackedPattern",
     "balanced_counts",
     "parse_pattern",
     "synthetic_problem",

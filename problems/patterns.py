@@ -253,6 +253,58 @@ class Pattern:
         return bool(xp.all(mask.reshape(out, inp // self.m, self.m).sum(axis=-1) <= self.n))
 
 
+@dataclass(frozen=True)
+class StackedPattern(Pattern):
+    """A pattern held separately by consecutive blocks of rows: the weights of layers that
+    share one Hessian (q/k/v, gate/up), stacked to be solved together (``solve_many``).
+
+    ``rows`` gives each layer's row count. Only ``unstructured`` needs this (its count is
+    per layer, and stays per layer here); ``row`` and N:M act row by row anyway.
+    """
+
+    rows: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, base: Pattern, rows) -> "StackedPattern":
+        return cls(base.kind, base.n, base.m, tuple(int(r) for r in rows))
+
+    @property
+    def base(self) -> Pattern:
+        return Pattern(self.kind, self.n, self.m)
+
+    def segments(self) -> list[slice]:
+        ends = np.cumsum((0,) + self.rows)
+        return [slice(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:])]
+
+    def check_shape(self, shape: tuple[int, int]) -> None:
+        if shape[0] != sum(self.rows):
+            raise ValueError(f"stacked pattern: {shape[0]} rows, but its layers have {sum(self.rows)}")
+        self.base.check_shape(shape)
+
+    def kept_per_layer(self, shape: tuple[int, int], sparsity: float) -> int:
+        """Nonzeros allowed in the whole stack: the sum of its layers'."""
+        return sum(self.base.kept_per_layer((r, shape[1]), sparsity) for r in self.rows)
+
+    def _per_segment(self, fn, shape, like):
+        xp = array_module(like)
+        self.check_shape(shape)
+        keep = xp.empty(shape, dtype=bool)
+        for seg in self.segments():
+            keep[seg] = fn(seg)
+        return keep
+
+    def mask(self, scores, sparsity: float):
+        return self._per_segment(lambda seg: self.base.mask(scores[seg], sparsity), scores.shape, scores)
+
+    def projection_mask(self, z, sparsity: float, scratch):
+        return self._per_segment(lambda seg: self.base.projection_mask(z[seg], sparsity, scratch[seg]), z.shape, z)
+
+    def is_feasible(self, mask, sparsity: float) -> bool:
+        return mask.shape[0] == sum(self.rows) and all(
+            self.base.is_feasible(mask[seg], sparsity) for seg in self.segments()
+        )
+
+
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 

@@ -93,19 +93,11 @@ class LayerProblem:
     def _validate(self) -> None:
         W, H = self.weight, self.raw_hessian
         xp = array_module(W)
-        if W.ndim != 2:
-            raise ValueError(f"weight must be 2-D (out × in), got shape {tuple(W.shape)}")
         if H.ndim != 2 or H.shape[0] != H.shape[1]:
             raise ValueError(f"hessian must be square (in × in), got shape {tuple(H.shape)}")
-        if H.shape[0] != W.shape[1]:
-            raise ValueError(
-                f"shape mismatch: weight is {tuple(W.shape)} (out × in) but hessian is "
-                f"{tuple(H.shape)}; expected ({W.shape[1]}, {W.shape[1]})"
-            )
         if array_module(H) is not xp:
             self.raw_hessian = H = to_xp(H, xp)
-        if not bool(xp.isfinite(W).all()):
-            raise ValueError("weight contains NaN or Inf")
+        self._validate_weight()
         if not bool(xp.isfinite(H).all()):
             raise ValueError("hessian contains NaN or Inf")
         if not np.isfinite(self.damping) or self.damping < 0:
@@ -119,6 +111,19 @@ class LayerProblem:
         asym = float(xp.abs(H - H.T).max())
         if asym > 1e-4 * scale:
             raise ValueError(f"hessian is not symmetric (max |H − Hᵀ| = {asym:.3g})")
+
+    def _validate_weight(self) -> None:
+        """The weight's own checks, and that it fits the (validated) Hessian and the pattern."""
+        W, H = self.weight, self.raw_hessian
+        if W.ndim != 2:
+            raise ValueError(f"weight must be 2-D (out × in), got shape {tuple(W.shape)}")
+        if H.shape[0] != W.shape[1]:
+            raise ValueError(
+                f"shape mismatch: weight is {tuple(W.shape)} (out × in) but hessian is "
+                f"{tuple(H.shape)}; expected ({W.shape[1]}, {W.shape[1]})"
+            )
+        if not bool(array_module(W).isfinite(W).all()):
+            raise ValueError("weight contains NaN or Inf")
         self.pattern.check_shape(W.shape)
 
     # -- the damped Hessian and the objective ---------------------------------
@@ -156,9 +161,7 @@ class LayerProblem:
         """tr(E H Eᵀ) in float64 for E (or E − minus), out × in, in row chunks to bound temporaries."""
         xp = self.xp
         E = to_xp(E, xp)
-        if "hessian64" not in self._views:
-            self._views["hessian64"] = self.hessian.astype(xp.float64)
-        H = self._views["hessian64"]
+        H = self._hessian64()
         total = 0.0
         for r in range(0, E.shape[0], rows_per_chunk):
             Ec = E[r : r + rows_per_chunk].astype(xp.float64)
@@ -166,6 +169,12 @@ class LayerProblem:
                 Ec -= minus[r : r + rows_per_chunk]
             total += float(xp.sum((Ec @ H) * Ec))
         return total
+
+    def _hessian64(self):
+        """The damped H in float64 (cached), for the objective."""
+        if "hessian64" not in self._views:
+            self._views["hessian64"] = self.hessian.astype(self.xp.float64)
+        return self._views["hessian64"]
 
     def objective(self, W: Any) -> float:
         """f(W) = tr((W − Ŵ) H (W − Ŵ)ᵀ), H damped, computed in float64."""
@@ -226,6 +235,23 @@ class LayerProblem:
         p.sparsity = p._check_sparsity(sparsity)
         p.pattern.check_shape(p.shape)
         p._views = {k: v for k, v in self._views.items() if k in ("energy", "hessian64")}
+        return p
+
+    def with_weight(self, weight: Any, name: str = "") -> "LayerProblem":
+        """Another layer with the same inputs (q/k/v, gate/up of one block): this problem's
+        Hessian, damping, sparsity and pattern with the dense weight ``weight`` (out' × in).
+
+        The Hessian is validated once and its damped and float64 forms are shared, not
+        recomputed (nor held twice); only the weight is checked.
+        """
+        p = LayerProblem.__new__(LayerProblem)
+        p.__dict__.update(self.__dict__)
+        p.origin = weight if is_torch(weight) else None
+        p.weight = to_xp(_as_float_array(weight, "weight"), self.xp)
+        p.name = str(name)
+        p._validate_weight()
+        p._damped = self.hessian
+        p._views = {"hessian64": self._hessian64()}
         return p
 
     def __repr__(self) -> str:

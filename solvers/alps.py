@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from layerprune.problems.patterns import StackedPattern
 from layerprune.solvers.backend import PhaseClock, matmul_precision, to_numpy
 from layerprune.solvers.local_search import move_search, swap_search
 from layerprune.solvers.normalized import NormalizedProblem, ShiftedInverse
@@ -144,8 +145,12 @@ def _wants_local_search(local_search: bool | None, budget: float, mask) -> bool:
 def _local_search(norm: NormalizedProblem, mask, Hn, max_swaps: int) -> tuple:
     """Local search on the host in float64 (``solvers.local_search``): (mask on xp, info key, count)."""
     Hn64, G, start = to_numpy(Hn).astype(np.float64), to_numpy(norm.G), to_numpy(mask)
-    if norm.pattern.kind == "unstructured":
-        new, moves = move_search(Hn64, G, start, max_moves=max_swaps * start.shape[0])
+    if norm.pattern.kind == "unstructured":  # moves between rows of one layer (of a stack: segment by segment)
+        segments = norm.pattern.segments() if isinstance(norm.pattern, StackedPattern) else [slice(None)]
+        new, moves = start.copy(), 0
+        for seg in segments:
+            new[seg], m = move_search(Hn64, G[seg], start[seg], max_moves=max_swaps * start[seg].shape[0])
+            moves += m
         return norm.xp.asarray(new), "local_search_moves", moves
     group = norm.pattern.m if norm.pattern.kind == "nm" else None
     new, swaps = swap_search(Hn64, G, start, group=group, max_swaps=max_swaps)

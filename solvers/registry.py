@@ -120,12 +120,21 @@ def solve(
     )
 
 
-def solve_many(problems, method: str = "alps", **options: Any) -> list[SolveResult]:
+STACKABLE = {"alps"}  # methods whose layers sharing one H are solved as one stack by default
+
+
+def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **options: Any) -> list[SolveResult]:
     """Solve layers that share one Hessian (q/k/v, gate/up) with one factorization.
 
-    Each problem keeps its own pattern constraint; the Hessian's factorization
-    (ALPS's eigendecomposition, SparseGPT's Cholesky factor) is computed for the
-    first and reused for the others.
+    The Hessian's factorization (ALPS's eigendecomposition, SparseGPT's Cholesky factor)
+    is computed once. With ``stack`` (default: for ALPS, when the layers share the
+    pattern and sparsity) their rows are stacked into one problem, so each ADMM step is
+    one product for all of them; each layer keeps its own constraint (an unstructured
+    count stays per layer: ``StackedPattern``). A stacked result's ``seconds`` is the
+    joint solve's time shared in proportion to rows (``info["joint_seconds"]`` holds
+    the whole); its iterations, history and message are the joint solve's. The stack
+    holds the solver's buffers for all rows at once: ``stack=False`` solves one layer
+    at a time with the shared factorization, in less memory.
     """
     problems = list(problems)
     if not problems:
@@ -140,4 +149,46 @@ def solve_many(problems, method: str = "alps", **options: Any) -> list[SolveResu
         if not same or p.damping != first.damping:
             raise ValueError("solve_many needs problems with the same Hessian and damping (e.g. q/k/v of one block)")
     cache: dict = options.pop("cache", None) or {}
+    uniform = all(p.pattern == first.pattern and p.sparsity == first.sparsity for p in problems)
+    if stack is None:
+        stack = method in STACKABLE and uniform
+    if stack and len(problems) > 1:
+        if not uniform:
+            raise ValueError("stack=True needs layers with one pattern and sparsity")
+        return _solve_stacked(problems, method, cache, **options)
     return [solve(p, method, cache=cache, **options) for p in problems]
+
+
+def _solve_stacked(problems, method: str, cache: dict, keep_array_type: bool = False, **options: Any) -> list[SolveResult]:
+    """One solve of the layers' rows stacked (see ``solve_many``), split back per layer."""
+    from layerprune.problems.patterns import StackedPattern
+
+    first = problems[0]
+    xp = first.xp
+    joint = first.with_weight(xp.concatenate([p.weight for p in problems]), name="+".join(p.name for p in problems))
+    if first.pattern.kind == "unstructured":
+        joint.pattern = StackedPattern.of(first.pattern, [p.shape[0] for p in problems])
+    r = solve(joint, method, cache=cache, keep_array_type=True, **options)
+    rx = xp_for(r.device)
+    results, start, rows = [], 0, joint.shape[0]
+    for p in problems:
+        part = slice(start, start + p.shape[0])
+        start = part.stop
+        q = p.on(rx)
+        weight, mask = to_xp(r.weight[part], rx), to_xp(r.mask[part], rx)
+        objective = q.objective(weight)
+        sparsity = 1.0 - float(mask.sum()) / mask.size
+        if keep_array_type:
+            from layerprune.solvers.backend import like_input
+
+            template = p.origin if p.origin is not None else p.weight
+            weight, mask = like_input(weight, template), like_input(mask, template)
+        else:
+            weight, mask = to_numpy(weight), to_numpy(mask)
+        results.append(SolveResult(
+            weight=weight, mask=mask, objective=objective, relative_error=q.relative(objective), sparsity=sparsity,
+            seconds=r.seconds * p.shape[0] / rows, iterations=r.iterations, history=r.history, method=method,
+            pattern=p.pattern.name, device=r.device, message=r.message,
+            info={**r.info, "joint_seconds": r.seconds, "stacked_layers": len(problems)},
+        ))
+    return results

@@ -200,7 +200,8 @@ def test_too_large_rho_restarts_smaller():
     assert r.relative_error < 1.2 * solve(p, "alps").relative_error
 
 
-def test_solve_many_shares_one_eigendecomposition(monkeypatch):
+@pytest.mark.parametrize("stack", [False, True])
+def test_solve_many_shares_one_eigendecomposition(monkeypatch, stack):
     import layerprune.solvers.normalized as alps_mod
 
     calls = []
@@ -209,10 +210,66 @@ def test_solve_many_shares_one_eigendecomposition(monkeypatch):
     base = synthetic_problem(16, 32, 0.6, "unstructured", seed=11)
     rng = np.random.default_rng(0)
     probs = [LayerProblem(rng.standard_normal((n, 32)), base.raw_hessian, 0.6) for n in (16, 8, 24)]
-    results = solve_many(probs, "alps")
+    results = solve_many(probs, "alps", stack=stack)
     assert len(calls) == 1
     for p, r in zip(probs, results):
-        assert r.objective == pytest.approx(solve(p, "alps").objective, rel=1e-5)
+        alone = solve(p, "alps")
+        if stack:  # one ρ schedule for the stack: a different path, the same quality
+            assert r.info["stacked_layers"] == 3
+            assert r.objective == pytest.approx(alone.objective, rel=0.05)
+        else:
+            assert r.objective == pytest.approx(alone.objective, rel=1e-5)
+
+
+@pytest.mark.parametrize("pattern, sparsity", [("unstructured", 0.7), ("row", 0.6), ("2:4", None)])
+def test_stacked_solve_keeps_each_layers_constraint_and_scores_each_layer(pattern, sparsity):
+    """Stacked q/k/v-like layers: every layer's support is feasible on its own (an unstructured
+    count per layer, exactly), objectives are each layer's own, and the quality is that of
+    solving the layers one by one."""
+    base = synthetic_problem(24, 48, sparsity, pattern, seed=12)
+    rng = np.random.default_rng(1)
+    scales = (1.0, 0.2, 3.0)  # very different weight scales: a shared count would favour the largest
+    probs = [base.with_weight(s * rng.standard_normal((n, 48)), name=f"l{i}") for i, (n, s) in enumerate(zip((24, 8, 16), scales))]
+    results = solve_many(probs, "alps")
+    for p, r in zip(probs, results):
+        assert p.check_feasible(r.weight)
+        if pattern == "unstructured":
+            assert int(r.mask.sum()) == p.kept
+        assert r.objective == pytest.approx(p.objective(r.weight), rel=1e-9)
+        alone = solve(p, "alps")
+        assert r.relative_error <= 1.05 * alone.relative_error
+    assert sum(r.seconds for r in results) == pytest.approx(results[0].info["joint_seconds"])
+
+
+def test_stacked_local_search_moves_entries_only_inside_each_layer():
+    base = synthetic_problem(12, 32, 0.75, "unstructured", seed=13)
+    rng = np.random.default_rng(2)
+    probs = [base.with_weight(s * rng.standard_normal((12, 32))) for s in (1.0, 4.0)]
+    results = solve_many(probs, "alps", local_search=True)
+    assert results[0].info["local_search_moves"] > 0  # it moved entries, and none across layers:
+    assert [int(r.mask.sum()) for r in results] == [p.kept for p in probs]
+
+
+@pytest.mark.gpu
+def test_stacked_solve_on_the_gpu_matches_the_cpu():
+    """solve_many's stack on CuPy with torch CUDA weights (the driver's path): the same supports
+    as on NumPy, results back as torch tensors on the GPU."""
+    import torch
+
+    base = synthetic_problem(32, 64, 0.7, "unstructured", seed=14)
+    rng = np.random.default_rng(3)
+    weights = [s * rng.standard_normal((n, 64)).astype(np.float32) for n, s in ((32, 1.0), (16, 3.0))]
+    H = torch.as_tensor(base.raw_hessian).cuda()
+    gpu_probs = [LayerProblem(torch.as_tensor(w).cuda(), H, 0.7) for w in weights]
+    gpu_probs = [gpu_probs[0], gpu_probs[0].with_weight(torch.as_tensor(weights[1]).cuda())]
+    cpu_probs = [LayerProblem(w, base.raw_hessian, 0.7) for w in weights]
+    gpu = solve_many(gpu_probs, "alps", device="cuda", dtype="float64", keep_array_type=True)
+    cpu = solve_many(cpu_probs, "alps", device="cpu", dtype="float64")
+    for g, c, p in zip(gpu, cpu, cpu_probs):
+        assert isinstance(g.weight, torch.Tensor) and g.weight.is_cuda
+        assert np.array_equal(g.mask.cpu().numpy(), c.mask)
+        assert g.objective == pytest.approx(c.objective, rel=1e-6)
+        assert int(c.mask.sum()) == p.kept
 
 
 def test_solve_many_rejects_different_hessians():

@@ -261,3 +261,26 @@ def test_projection_mask_refuses_a_non_contiguous_scratch(rng):
     z = rng.standard_normal((30, 40)).astype(np.float32)
     with pytest.raises(ValueError, match="C-contiguous"):
         parse_pattern("unstructured").projection_mask(z, 0.5, np.empty((40, 30), np.float32).T)
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.8])
+def test_stacked_pattern_selects_each_layer_on_its_own(sparsity):
+    from layerprune.problems import StackedPattern
+
+    rng = np.random.default_rng(31)
+    rows = (5, 3, 7)
+    z = rng.standard_normal((sum(rows), 20)) * np.repeat([1.0, 10.0, 0.1], rows)[:, None]
+    stacked = StackedPattern.of(parse_pattern("unstructured"), rows)
+    keep = stacked.mask(np.abs(z), sparsity)
+    base = parse_pattern("unstructured")
+    start = 0
+    for r in rows:  # the same as masking each layer alone (a shared count would take the ×10 layer's entries)
+        assert np.array_equal(keep[start:start + r], base.mask(np.abs(z[start:start + r]), sparsity))
+        start += r
+    scratch = np.empty_like(z)
+    assert np.array_equal(stacked.projection_mask(z, sparsity, scratch), keep)
+    assert stacked.is_feasible(keep, sparsity)
+    assert stacked.kept_per_layer(z.shape, sparsity) == int(keep.sum())
+    assert not stacked.is_feasible(base.mask(np.abs(z), sparsity), sparsity)  # the shared count breaks it
+    with pytest.raises(ValueError, match="rows"):
+        stacked.mask(np.abs(z[:-1]), sparsity)

@@ -293,3 +293,32 @@ def test_torch_tensors_in_and_out(rng, method):
     r2 = solve(p2, method, device="cpu", keep_array_type=True)
     assert isinstance(r2.weight, torch.Tensor)
     assert r2.objective == pytest.approx(_reference(X.numpy(), W.numpy(), r2.weight.numpy(), 0.01)[0], rel=1e-6)
+
+
+def test_with_weight_shares_the_validated_hessian_and_scores_like_a_fresh_problem():
+    rng = np.random.default_rng(21)
+    X = rng.standard_normal((64, 24))
+    H = X.T @ X
+    first = LayerProblem(rng.standard_normal((8, 24)), H, 0.5, pattern="2:4", damping=0.02, name="q")
+    w2 = rng.standard_normal((16, 24))
+    second = first.with_weight(w2, name="k")
+    fresh = LayerProblem(w2, H, 0.5, pattern="2:4", damping=0.02)
+    assert second.hessian is first.hessian and second.raw_hessian is first.raw_hessian
+    assert (second.shape, second.name, second.pattern.name, second.sparsity) == ((16, 24), "k", "2:4", 0.5)
+    W = w2 * (rng.random(w2.shape) < 0.5)
+    assert second.objective(W) == pytest.approx(fresh.objective(W), rel=1e-12)
+    assert second.dense_energy() == pytest.approx(fresh.dense_energy(), rel=1e-12)
+    assert first.dense_energy() != pytest.approx(second.dense_energy())  # energies are per weight
+
+
+@pytest.mark.parametrize(
+    "weight, message",
+    [(np.ones((4, 20)), "shape mismatch"), (np.full((4, 24), np.nan), "NaN or Inf"), (np.ones(24), "2-D"),
+     (np.ones((4, 22)), "shape mismatch")],
+)
+def test_with_weight_checks_the_new_weight(weight, message):
+    rng = np.random.default_rng(22)
+    X = rng.standard_normal((64, 24))
+    first = LayerProblem(rng.standard_normal((8, 24)), X.T @ X, 0.5)
+    with pytest.raises(ValueError, match=message):
+        first.with_weight(weight)
