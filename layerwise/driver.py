@@ -8,7 +8,8 @@ For block ℓ = 0, 1, …, with X_ℓ its calibration inputs (the *pruned* model
    head are not in any block, so they are skipped, as in SparseGPT/Wanda/ALPS), on the
    solver's device (a GPU solver reads the torch tensors through DLPack, no copies);
 3. each group is solved by ``solve_many`` with one shared cache, so the factorization of
-   the common H (ALPS's eigendecomposition, SparseGPT's Cholesky factor) is computed once;
+   the common H (ALPS's eigendecomposition, SparseGPT's Cholesky factor) is computed once
+   (and small ALPS groups are solved as one stack of rows);
 4. the pruned weights are written back on the device and the *pruned* block is run on X_ℓ:
    X_{ℓ+1}.
 

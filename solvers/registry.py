@@ -120,17 +120,21 @@ def solve(
     )
 
 
-STACKABLE = {"alps"}  # methods whose layers sharing one H are solved as one stack by default
+STACKABLE = {"alps"}  # methods that solve layers sharing one H as one stack by default, ...
+STACK_ENTRIES = 1 << 20  # ... when the stack has at most this many weights (BENCHMARKS.md, stacked layers)
 
 
 def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **options: Any) -> list[SolveResult]:
     """Solve layers that share one Hessian (q/k/v, gate/up) with one factorization.
 
     The Hessian's factorization (ALPS's eigendecomposition, SparseGPT's Cholesky factor)
-    is computed once. With ``stack`` (default: for ALPS, when the layers share the
-    pattern and sparsity) their rows are stacked into one problem, so each ADMM step is
-    one product for all of them; each layer keeps its own constraint (an unstructured
-    count stays per layer: ``StackedPattern``). A stacked result's ``seconds`` is the
+    is computed once. With ``stack`` their rows are stacked into one problem, so each
+    ADMM step is one product for all of them; each layer keeps its own constraint (an
+    unstructured count stays per layer: ``StackedPattern``). Default: for ALPS, when the
+    layers share the pattern and sparsity and the stack has at most ``STACK_ENTRIES``
+    weights: there one solve instead of several saves kernel launches (SmolLM2's q/k/v
+    2.7× faster on an H200), while on larger stacks it saves no time and holds every
+    layer's buffers at once. A stacked result's ``seconds`` is the
     joint solve's time shared in proportion to rows (``info["joint_seconds"]`` holds
     the whole); its iterations, history and message are the joint solve's. The stack
     holds the solver's buffers for all rows at once: ``stack=False`` solves one layer
@@ -151,7 +155,7 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
     cache: dict = options.pop("cache", None) or {}
     uniform = all(p.pattern == first.pattern and p.sparsity == first.sparsity for p in problems)
     if stack is None:
-        stack = method in STACKABLE and uniform
+        stack = method in STACKABLE and uniform and sum(p.weight.size for p in problems) <= STACK_ENTRIES
     if stack and len(problems) > 1:
         if not uniform:
             raise ValueError("stack=True needs layers with one pattern and sparsity")
