@@ -21,18 +21,13 @@ import platform
 import time
 
 import numpy as np
+from variants import method_and_options
 
 SHAPES = {  # name: (out, in) in the nn.Linear layout
     "smollm2": [("q_proj 576x576", 576, 576), ("gate_proj 1536x576", 1536, 576), ("down_proj 576x1536", 576, 1536)],
     "llama7b": [("q_proj 4096x4096", 4096, 4096), ("up_proj 11008x4096", 11008, 4096), ("down_proj 4096x11008", 4096, 11008)],
 }
 METHODS = ["alps", "sparsegpt", "wanda", "admm_gradual"]
-VARIANTS = {  # extra rows: method name, options
-    "alps-eig64": ("alps", {"eig_dtype": "float64"}),
-    "alps-tf32": ("alps", {"tf32": True}),
-    "alps-explicit-inverse": ("alps", {"explicit_inverse": True}),  # the in × in inverse even when in > out
-    "alps-syevd": ("alps", {"staged_eigh": False}),  # cuSOLVER's one-call eigendecomposition even when in > out
-}
 
 
 @contextlib.contextmanager
@@ -54,10 +49,6 @@ def phase_peaks(mem: "PeakMemory"):
         yield phases
     finally:
         PhaseClock.lap = lap
-
-
-def method_and_options(name: str):
-    return VARIANTS.get(name, (name, {}))
 
 
 def gemm_rate(xp, n: int = 8192, reps: int = 5) -> float:

@@ -15,11 +15,11 @@ import json
 import pathlib
 
 import numpy as np
+from variants import method_and_options
 
 from layerprune import LayerProblem, solve
 
 METHODS = ["alps", "sparsegpt", "admm_gradual", "wanda", "magnitude"]
-VARIANTS = {"alps-local": ("alps", {"local_search": True})}
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
         for pattern, s in settings:
             p = base.with_sparsity(s, pattern)
             for m in methods:
-                name, opts = VARIANTS.get(m, (m, {}))
+                name, opts = method_and_options(m)
                 r = solve(p, name, device=args.device, **opts)
                 rows.append({"layer": f.stem, "pattern": pattern, "sparsity": r.sparsity, "method": m,
                              "rel_error": r.relative_error, "seconds": r.seconds})

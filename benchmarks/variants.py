@@ -1,0 +1,16 @@
+"""Named solver variants for the benchmark scripts: a row label → (method, options)."""
+
+from __future__ import annotations
+
+VARIANTS = {
+    "alps-eig64": ("alps", {"eig_dtype": "float64"}),
+    "alps-tf32": ("alps", {"tf32": True}),
+    "alps-explicit-inverse": ("alps", {"explicit_inverse": True}),  # the in × in inverse even when in > out
+    "alps-syevd": ("alps", {"staged_eigh": False}),  # cuSOLVER's one-call eigendecomposition even when in > out
+    "alps-local": ("alps", {"local_search": True}),  # exact local search (moves between rows, swaps in rows)
+}
+
+
+def method_and_options(name: str) -> tuple[str, dict]:
+    """A variant's method and options; any other name is a plain method."""
+    return VARIANTS.get(name, (name, {}))
