@@ -1,14 +1,15 @@
 """Layers that share one Hessian, solved stacked or one at a time (``solve_many(stack=...)``), per group.
 
     python benchmarks/stacked_bench.py [--groups smollm2,llama7b] [--sparsity 0.7] [--patterns unstructured,2:4]
-        [--device cuda]
+        [--device cuda] [--repeats 5]
 
 Groups are q/k/v and gate/up of SmolLM2-135M and LLaMA-7B: the synthetic problem's Hessian
 (``synthetic_problem``, built on the device) with one weight per layer (the first layer's own,
-the others of the same scale). Each (group, pattern, mode) runs once to warm up, then timed on a
-fresh cache, so the shared eigendecomposition is inside the time. Prints a Markdown table:
-the group's total seconds, the mean relative error over its layers, and (GPU) the peak bytes
-held during the group's solves in copies of the group's total weight.
+the others of the same scale). Each (group, pattern, mode) runs once to warm up, then ``repeats``
+times on a fresh cache each (the shared eigendecomposition inside the time), the two modes
+interleaved. Prints a Markdown table: the group's median seconds (and the range), the mean
+relative error over its layers, and (GPU) the peak bytes held during the group's solves in
+copies of the group's total weight.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--patterns", default="unstructured,2:4")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     from layerprune import solve_many
     from layerprune.solvers.backend import resolve_device, synchronize, xp_for
@@ -52,34 +54,38 @@ def main() -> None:
     peak_memory = None
     if dev == "cuda":
         from gpu_bench import PeakMemory as peak_memory
-    print("| model | group | pattern | mode | seconds | mean rel. error | iterations | peak (× group's W) |")
+    print("| model | group | pattern | mode | median seconds (range) | mean rel. error | iterations | peak (× group's W) |")
     print("|---|---|---|---|---|---|---|---|")
     for model in args.groups.split(","):
         for group, inp, layers in GROUPS[model]:
             for pattern in args.patterns.split(","):
                 probs = group_problems(inp, layers, None if ":" in pattern else args.sparsity, pattern, xp)
                 total = sum(p.weight.size for p in probs) * 4
+                seconds = {False: [], True: []}
                 for stack in (False, True):
                     solve_many(probs, "alps", device=dev, stack=stack)  # warm-up at this shape
-                    synchronize(xp)
+                for _ in range(args.repeats):
+                    for stack in (False, True):
+                        synchronize(xp)
+                        t = time.perf_counter()
+                        results = solve_many(probs, "alps", device=dev, stack=stack)
+                        synchronize(xp)
+                        seconds[stack].append(time.perf_counter() - t)
+                for stack in (False, True):
                     peak = float("nan")
                     if peak_memory is not None:
                         xp.get_default_memory_pool().free_all_blocks()
                         with peak_memory(xp) as mem:
-                            t = time.perf_counter()
                             results = solve_many(probs, "alps", device=dev, stack=stack)
-                            synchronize(xp)
-                            seconds = time.perf_counter() - t
                         peak = mem.peak / total
                     else:
-                        t = time.perf_counter()
                         results = solve_many(probs, "alps", device=dev, stack=stack)
-                        seconds = time.perf_counter() - t
                     err = float(np.mean([r.relative_error for r in results]))
                     its = "/".join(str(r.iterations) for r in results) if not stack else str(results[0].iterations)
                     mode = "stacked" if stack else "one at a time"
-                    print(f"| {model} | {group} | {pattern} | {mode} | {seconds:.3f} | {err:.5f} | {its} | {peak:.1f} |",
-                          flush=True)
+                    sec = seconds[stack]
+                    print(f"| {model} | {group} | {pattern} | {mode} | {np.median(sec):.3f} ({min(sec):.3f}–{max(sec):.3f}) "
+                          f"| {err:.5f} | {its} | {peak:.1f} |", flush=True)
                 del probs
 
 

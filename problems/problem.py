@@ -241,8 +241,9 @@ class LayerProblem:
         """Another layer with the same inputs (q/k/v, gate/up of one block): this problem's
         Hessian, damping, sparsity and pattern with the dense weight ``weight`` (out' × in).
 
-        The Hessian is validated once and its damped and float64 forms are shared, not
-        recomputed (nor held twice); only the weight is checked.
+        The Hessian is validated once and its damped and float64 forms on this problem's
+        backend are shared, not recomputed nor held twice (a copy made for another
+        backend by ``on`` is each problem's own); only the weight is checked.
         """
         p = LayerProblem.__new__(LayerProblem)
         p.__dict__.update(self.__dict__)

@@ -94,7 +94,7 @@ class ALPSOptions:
         (``solvers.normalized.ShiftedInverse``); None (default): explicit when in ≤ out. Without
         the explicit inverse the refit's products go through the problem's H (no in × in buffer).
     staged_eigh : eigendecompose in stages with a bounded workspace (``solvers.staged_eigh``:
-        about 1.3 in² beside the matrix instead of cuSOLVER syevd's 4 in², for a slower host
+        about 1.1 in² beside the matrix instead of cuSOLVER syevd's 4 in², for a slower host
         step); None (default): staged on the GPU when in > out, where the in × in arrays
         outweigh the weight.
     """
@@ -133,20 +133,29 @@ def alps(problem, xp, dtype, cache, **options: Any) -> MethodOutput:
         return _alps(problem, xp, dtype, cache, precision, use_tf32, opts)
 
 
-def _wants_local_search(local_search: bool | None, budget: float, mask) -> bool:
-    """The explicit choice, or (None) whether out · k² · in fits in ``budget``."""
+def _layers(pattern) -> list[slice]:
+    """Row ranges of the layers in the problem: several for a stack (``solve_many``), else one."""
+    return pattern.segments() if isinstance(pattern, StackedPattern) else [slice(None)]
+
+
+def _wants_local_search(local_search: bool | None, budget: float, mask, layers: list[slice]) -> bool:
+    """The explicit choice, or (None) whether out · k² · in fits in ``budget`` for every layer."""
     if local_search is not None:
         return bool(local_search)
-    out, inp = mask.shape
-    k = int(mask.sum(axis=1).max()) if out else 0
-    return out * k * k * inp <= budget
+
+    def cost(m) -> int:
+        out, inp = m.shape
+        k = int(m.sum(axis=1).max()) if out else 0
+        return out * k * k * inp
+
+    return max(cost(mask[rows]) for rows in layers) <= budget
 
 
 def _local_search(norm: NormalizedProblem, mask, Hn, max_swaps: int) -> tuple:
     """Local search on the host in float64 (``solvers.local_search``): (mask on xp, info key, count)."""
     Hn64, G, start = to_numpy(Hn).astype(np.float64), to_numpy(norm.G), to_numpy(mask)
-    if norm.pattern.kind == "unstructured":  # moves between rows of one layer (of a stack: segment by segment)
-        segments = norm.pattern.segments() if isinstance(norm.pattern, StackedPattern) else [slice(None)]
+    if norm.pattern.kind == "unstructured":  # moves between rows of one layer (of a stack: layer by layer)
+        segments = _layers(norm.pattern)
         new, moves = start.copy(), 0
         for seg in segments:
             new[seg], m = move_search(Hn64, G[seg], start[seg], max_moves=max_swaps * start[seg].shape[0])
@@ -258,7 +267,7 @@ def _alps(problem, xp, dtype, cache, precision, use_tf32: bool, o: ALPSOptions) 
         ended_at_check = o.track_error and last.get("iteration") == it and not last.get("restarted")
         admm_error = last["rel_error"] if ended_at_check else norm.rel_error(X)
         buffer = inverse.release()  # (Hn + ρI)⁻¹ is done with: its buffer (if any) takes Hn
-        if _wants_local_search(o.local_search, o.local_search_budget, mask):  # swaps assume the refit
+        if _wants_local_search(o.local_search, o.local_search_budget, mask, _layers(norm.pattern)):  # swaps assume the refit
             Hn = norm.hn(out=buffer)  # formed once for the search and the refit
             mask, key, info[key] = _local_search(norm, mask, Hn, o.local_search_swaps)
             X *= mask

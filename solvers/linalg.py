@@ -54,10 +54,11 @@ def eigh_inplace(A, xp, staged: bool = False):
     On CuPy in float32/float64 this runs cuSOLVER's syevd on A's own memory, so the only
     extra memory is cuSOLVER's workspace, about 4 n² (``cupy.linalg.eigh`` first copies A,
     one n × n more). syevd writes the eigenvectors column-major, i.e. Qᵀ in A's row-major
-    memory, so Q is returned as ``A.T`` (a view). ``staged=True`` runs the same
-    decomposition in stages with about n² + n²/4 of workspace instead, and a slower
-    host step (``solvers.staged_eigh``). Elsewhere (NumPy, other dtypes, or a CuPy
-    without these bindings) it is ``xp.linalg.eigh(A)`` and A is left as it was.
+    memory, so Q is returned as ``A.T`` (a view). ``staged=True`` (float32/float64, NumPy
+    or CuPy) runs the same decomposition in stages with about 1.1 n² beside A instead,
+    and a slower host step (``solvers.staged_eigh``); A is overwritten. Elsewhere
+    (NumPy without ``staged``, other dtypes, or a CuPy without these bindings) it is
+    ``xp.linalg.eigh(A)`` and A is left as it was.
     """
     if staged and A.dtype in (np.float32, np.float64) and A.flags.c_contiguous:
         from layerprune.solvers.staged_eigh import staged_eigh

@@ -122,6 +122,7 @@ def solve(
 
 STACKABLE = {"alps"}  # methods that solve layers sharing one H as one stack by default, ...
 STACK_ENTRIES = 1 << 20  # ... when the stack has at most this many weights (BENCHMARKS.md, stacked layers)
+STACK_SAFE = {"alps", "admm_gradual", "magnitude"}  # methods that keep each layer's count in a stack (StackedPattern)
 
 
 def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **options: Any) -> list[SolveResult]:
@@ -132,11 +133,11 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
     ADMM step is one product for all of them; each layer keeps its own constraint (an
     unstructured count stays per layer: ``StackedPattern``). Default: for ALPS, when the
     layers share the pattern and sparsity and the stack has at most ``STACK_ENTRIES``
-    weights: there one solve instead of several saves kernel launches (SmolLM2's q/k/v
-    2.7× faster on an H200), while on larger stacks it saves no time and holds every
-    layer's buffers at once. A stacked result's ``seconds`` is the
+    weights: there one solve instead of several saves kernel launches (SmolLM2's q/k/v),
+    while on larger stacks it saves no time and holds every layer's buffers at once. A stacked result's ``seconds`` is the
     joint solve's time shared in proportion to rows (``info["joint_seconds"]`` holds
-    the whole); its iterations, history and message are the joint solve's. The stack
+    the whole); its iterations, history, message and ``info`` (errors, phase times,
+    local-search counts) describe the joint solve. The stack
     holds the solver's buffers for all rows at once: ``stack=False`` solves one layer
     at a time with the shared factorization, in less memory.
     """
@@ -159,6 +160,9 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
     if stack and len(problems) > 1:
         if not uniform:
             raise ValueError("stack=True needs layers with one pattern and sparsity")
+        if method not in STACK_SAFE:
+            raise ValueError(f"stack=True: method {method!r} selects across the whole stack, not per layer; "
+                             f"stacking works with {sorted(STACK_SAFE)}")
         return _solve_stacked(problems, method, cache, **options)
     return [solve(p, method, cache=cache, **options) for p in problems]
 
@@ -170,8 +174,7 @@ def _solve_stacked(problems, method: str, cache: dict, keep_array_type: bool = F
     first = problems[0]
     xp = first.xp
     joint = first.with_weight(xp.concatenate([p.weight for p in problems]), name="+".join(p.name for p in problems))
-    if first.pattern.kind == "unstructured":
-        joint.pattern = StackedPattern.of(first.pattern, [p.shape[0] for p in problems])
+    joint.pattern = StackedPattern.of(first.pattern, [p.shape[0] for p in problems])  # each layer's own constraint
     r = solve(joint, method, cache=cache, keep_array_type=True, **options)
     rx = xp_for(r.device)
     results, start, rows = [], 0, joint.shape[0]
@@ -179,7 +182,7 @@ def _solve_stacked(problems, method: str, cache: dict, keep_array_type: bool = F
         part = slice(start, start + p.shape[0])
         start = part.stop
         q = p.on(rx)
-        weight, mask = to_xp(r.weight[part], rx), to_xp(r.mask[part], rx)
+        weight, mask = to_xp(r.weight[part], rx).astype(q.weight.dtype, copy=False), to_xp(r.mask[part], rx)
         objective = q.objective(weight)
         sparsity = 1.0 - float(mask.sum()) / mask.size
         if keep_array_type:
@@ -191,7 +194,7 @@ def _solve_stacked(problems, method: str, cache: dict, keep_array_type: bool = F
             weight, mask = to_numpy(weight), to_numpy(mask)
         results.append(SolveResult(
             weight=weight, mask=mask, objective=objective, relative_error=q.relative(objective), sparsity=sparsity,
-            seconds=r.seconds * p.shape[0] / rows, iterations=r.iterations, history=r.history, method=method,
+            seconds=r.seconds * p.shape[0] / rows, iterations=r.iterations, history=list(r.history), method=method,
             pattern=p.pattern.name, device=r.device, message=r.message,
             info={**r.info, "joint_seconds": r.seconds, "stacked_layers": len(problems)},
         ))

@@ -26,6 +26,8 @@ import re
 
 import numpy as np
 
+from layerprune.solvers.backend import array_module
+
 _LOWER = 0  # CUBLAS_FILL_MODE_LOWER (column-major lower = row-major upper)
 
 
@@ -115,9 +117,11 @@ class _Cusolver:
             raise RuntimeError(f"cuSOLVER {fn.__name__} returned status {status}")
 
     def _run(self, size_fn, fn, name: str, *args) -> None:
-        """Query the workspace, allocate it, run, check info."""
+        """Query the workspace, allocate it, run on CuPy's current stream, check info."""
         import cupy
+        from cupy.cuda import cusolver
 
+        cusolver.setStream(self._handle.value, cupy.cuda.get_current_stream().ptr)
         lwork = ctypes.c_int()
         self._call(size_fn, *args, ctypes.byref(lwork))
         work, info = cupy.empty(max(lwork.value, 1), dtype=self.dtype), cupy.zeros(1, dtype=np.int32)
@@ -164,6 +168,8 @@ def staged_eigh(A, xp, panel: int | None = None):
     the device holds A, Zᵀ (which becomes Qᵀ) and one panel × n temporary."""
     if A.ndim != 2 or A.shape[0] != A.shape[1] or not A.flags.c_contiguous or A.dtype not in (np.float32, np.float64):
         raise ValueError(f"staged_eigh needs a square C-contiguous float32/float64 array, got {A.shape} {A.dtype}")
+    if not getattr(A.flags, "writeable", True) or array_module(A) is not xp:  # CuPy arrays are always writeable
+        raise ValueError("staged_eigh overwrites A: it must be a writeable array of the backend it runs on")
     n = A.shape[0]
     lib = (_Lapack if xp is np else _Cusolver)(A.dtype.type)
     d, e, tau = lib.sytrd(A)

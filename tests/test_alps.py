@@ -514,3 +514,30 @@ def test_alps_local_search_moves_between_rows_on_unstructured(rng):
     assert "local_search_moves" in moved.info
     assert moved.objective <= plain.objective * (1 + 1e-6)
     assert int(moved.mask.sum()) == p.kept and p.check_feasible(moved.weight)
+
+
+def test_stacked_layers_get_the_automatic_local_search_each_would_get_alone():
+    """The size budget of the automatic local search applies per layer, not to the stack."""
+    base = synthetic_problem(64, 64, 0.5, "unstructured", seed=15)
+    rng = np.random.default_rng(4)
+    probs = [base] + [base.with_weight(rng.standard_normal((64, 64)).astype(np.float32)) for _ in range(2)]
+    assert "local_search_moves" in solve(probs[1], "alps").info  # each layer alone is under the budget
+    stacked = solve_many(probs, "alps", stack=True)
+    assert "local_search_moves" in stacked[0].info
+    assert [int(r.mask.sum()) for r in stacked] == [p.kept for p in probs]
+
+
+def test_stacking_a_method_that_selects_across_the_stack_is_a_clear_error():
+    base = synthetic_problem(16, 32, 0.6, "unstructured", seed=16)
+    probs = [base, base.with_weight(np.ones((8, 32)))]
+    with pytest.raises(ValueError, match="'sparsegpt' selects across the whole stack"):
+        solve_many(probs, "sparsegpt", stack=True)
+    assert len(solve_many(probs, "sparsegpt")) == 2  # not stacked by default
+
+
+def test_stacked_results_keep_each_layers_dtype_and_own_history():
+    base = synthetic_problem(16, 32, 0.6, "unstructured", seed=17)
+    other = base.with_weight(np.random.default_rng(5).standard_normal((8, 32)))  # float64 weight
+    a, b = solve_many([base, other], "alps", stack=True)
+    assert a.weight.dtype == np.float32 and b.weight.dtype == np.float64
+    assert a.history == b.history and a.history is not b.history

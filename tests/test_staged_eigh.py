@@ -95,3 +95,10 @@ def test_staged_eigh_on_the_gpu_matches_cupy_and_uses_less_workspace():
     _check_decomposition(A64, lam, Q, 2e-5)
     _, _, syevd_extra = peak_beside(lambda A: eigh_inplace(A, cupy))
     assert staged_extra < syevd_extra
+
+
+def test_staged_eigh_refuses_a_read_only_array():
+    A = np.eye(4)
+    A.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        staged_eigh(A, np)
