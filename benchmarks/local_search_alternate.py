@@ -8,13 +8,13 @@ ALPS's PCG refit; reports the relative error (float64 objective of the unscaled 
 """
 
 import json
-import pathlib
 import sys
 import time
 
 import numpy as np
+from local_search_convergence import layer_problems
 
-from layerprune import LayerProblem, solve
+from layerprune import solve
 from layerprune.solvers.alps import pcg_refit
 from layerprune.solvers.local_search import move_search, swap_search
 from layerprune.solvers.normalized import NormalizedProblem
@@ -24,12 +24,8 @@ args = sys.argv[4:]
 layers = args[args.index("--layers") + 1].split(",") if "--layers" in args else None
 rounds = int(args[args.index("--rounds") + 1]) if "--rounds" in args else 4
 
-files = sorted(pathlib.Path(folder).glob("*.npz"))
-if layers:
-    files = [f for f in files if any(s in f.stem for s in layers)]
 with open(out_path, "a") as fh:
-    for f in files:
-        p = LayerProblem.load(f).with_sparsity(sparsity, "unstructured")
+    for f, p in layer_problems(folder, sparsity, layers):
         sg = solve(p, "sparsegpt", device="cpu").relative_error
         t0 = time.perf_counter()
         r = solve(p, "alps", device="cpu", local_search=True, local_search_swaps=100000)
