@@ -173,7 +173,7 @@ class LayerProblem:
     def _hessian64(self):
         """The damped H in float64 (cached), for the objective."""
         if "hessian64" not in self._views:
-            self._views["hessian64"] = self.hessian.astype(self.xp.float64)
+            self._views["hessian64"] = self.hessian.astype(self.xp.float64, copy=False)
         return self._views["hessian64"]
 
     def objective(self, W: Any) -> float:

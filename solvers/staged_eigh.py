@@ -31,17 +31,20 @@ from layerprune.solvers.backend import array_module
 _LOWER = 0  # CUBLAS_FILL_MODE_LOWER (column-major lower = row-major upper)
 
 
+def _capsule_pointer(capsule) -> int:
+    """The C pointer inside a PyCapsule (SciPy's cython_lapack exports its routines as capsules)."""
+    api = ctypes.pythonapi
+    get_name, get_pointer = api.PyCapsule_GetName, api.PyCapsule_GetPointer
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    return get_pointer(capsule, get_name(capsule))
+
+
 def _lapack_function(name: str, *argtypes):
     """A Fortran LAPACK routine of SciPy's own LAPACK, as a ctypes function (every argument by pointer)."""
     from scipy.linalg import cython_lapack
 
-    capsule = cython_lapack.__pyx_capi__[name]
-    api = ctypes.pythonapi
-    api.PyCapsule_GetName.restype, api.PyCapsule_GetName.argtypes = ctypes.c_char_p, [ctypes.py_object]
-    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    pointer = api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
-    return ctypes.CFUNCTYPE(None, *argtypes)(pointer)
+    return ctypes.CFUNCTYPE(None, *argtypes)(_capsule_pointer(cython_lapack.__pyx_capi__[name]))
 
 
 def _ptr(a) -> ctypes.c_void_p:
