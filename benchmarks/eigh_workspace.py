@@ -1,12 +1,14 @@
 """Workspace and time of cuSOLVER's symmetric eigensolvers at LLaMA-7B widths (float32), one device call.
 
-    python benchmarks/eigh_workspace.py [--sizes 4096,11008] [--jacobi] [--staged]
+    python benchmarks/eigh_workspace.py [--sizes 4096,11008] [--jacobi] [--staged] [--ormtr]
 
 ALPS's setup holds the normalized Hessian (overwritten by its eigenvectors, ``solvers.linalg.eigh_inplace``)
 plus the solver's workspace; this prints that workspace in units of n² floats for syevd (divide and conquer,
 one call), with ``--jacobi`` for syevj, and with ``--staged`` for the staged route (``solvers.staged_eigh``:
 sytrd and orgtr, host stedc, one product in panels; its row gives the most bytes held beside A at once, from a CuPy pool
-hook, and the host step's seconds), with times and errors, on a correlated test matrix.
+hook, and the host step's seconds), with times and errors, on a correlated test matrix. ``--ormtr`` adds
+the workspace cuSOLVER's ``ormtr`` (syevd's back-transformation) asks for, at full width and for a panel of n/8
+columns (a workspace query after a real ``sytrd``; nothing is run).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="4096,11008")
     ap.add_argument("--jacobi", action="store_true")
     ap.add_argument("--staged", action="store_true")
+    ap.add_argument("--ormtr", action="store_true")
     args = ap.parse_args()
     import cupy
     from cupy.cuda import cublas, cusolver, device
@@ -64,6 +67,29 @@ def main() -> None:
             del B, Q, work
         if args.staged:
             _staged_row(A, n)
+        if args.ormtr:
+            _ormtr_rows(A, n)
+
+
+def _ormtr_rows(A, n: int) -> None:
+    import ctypes
+
+    import cupy
+
+    from layerprune.solvers import staged_eigh as staged
+
+    lib = staged._Cusolver(A.dtype.type)
+    B = A.copy()
+    _, _, tau = lib.sytrd(B)
+    ormtr_size = staged._cusolver_library().cusolverDnSormtr_bufferSize
+    C = cupy.empty_like(B)
+    for columns in (n, n // 8):
+        lwork = ctypes.c_int()
+        status = ormtr_size(lib._handle, 0, staged._LOWER, 0, n, columns, staged._ptr(B), n, staged._ptr(tau),
+                            staged._ptr(C), n, ctypes.byref(lwork))  # side left, no transpose
+        print(f"| {n} | ormtr workspace query, {columns} columns (status {status}) | {lwork.value / n**2:.2f} | | |",
+              flush=True)
+    del B, C
 
 
 def _staged_row(A, n: int) -> None:

@@ -70,6 +70,23 @@ def solve(
         so factorizations are computed once; see :func:`solve_many`.
     options : passed to the method (see each method's docstring).
     """
+    p, dev, out, weight, mask, seconds = _run(problem, method, device, dtype, cache, options)
+    return SolveResult(
+        **_scored(p, problem, weight, mask, keep_array_type),
+        seconds=seconds,
+        iterations=int(out.iterations),
+        history=out.history,
+        method=method,
+        pattern=p.pattern.name,
+        device=dev,
+        message=out.message,
+        info=out.info,
+    )
+
+
+def _run(problem, method: str, device, dtype, cache: dict | None, options: dict):
+    """Run ``method`` on ``problem`` moved to the device, timed, and check its answer:
+    (problem on xp, device, MethodOutput, weight ⊙ mask, mask, seconds)."""
     from layerprune.problems import LayerProblem
 
     if not isinstance(problem, LayerProblem):
@@ -93,9 +110,15 @@ def solve(
         raise RuntimeError(f"method {method!r} returned a support that violates pattern {p.pattern.name}")
     if not bool(xp.isfinite(weight).all()):
         raise RuntimeError(f"method {method!r} returned NaN/Inf weights")
+    return p, dev, out, weight, mask, seconds
+
+
+def _scored(p, problem, weight, mask, keep_array_type: bool) -> dict:
+    """The judged part of a SolveResult: objective by ``p`` (the problem on the solving backend),
+    then weight and mask in ``problem``'s array type or NumPy."""
     objective = p.objective(weight)
     sparsity = 1.0 - float(mask.sum()) / mask.size  # before leaving xp (torch's .size is a method)
-    weight = weight.astype(p.weight.dtype)
+    weight = weight.astype(p.weight.dtype, copy=False)
     if keep_array_type:
         from layerprune.solvers.backend import like_input
 
@@ -103,21 +126,8 @@ def solve(
         weight, mask = like_input(weight, template), like_input(mask, template)
     else:
         weight, mask = to_numpy(weight), to_numpy(mask)
-    return SolveResult(
-        weight=weight,
-        mask=mask,
-        objective=objective,
-        relative_error=p.relative(objective),
-        sparsity=sparsity,
-        seconds=seconds,
-        iterations=int(out.iterations),
-        history=out.history,
-        method=method,
-        pattern=p.pattern.name,
-        device=dev,
-        message=out.message,
-        info=out.info,
-    )
+    return {"weight": weight, "mask": mask, "objective": objective, "relative_error": p.relative(objective),
+            "sparsity": sparsity}
 
 
 STACKABLE = {"alps"}  # methods that solve layers sharing one H as one stack by default, ...
@@ -134,12 +144,13 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
     unstructured count stays per layer: ``StackedPattern``). Default: for ALPS, when the
     layers share the pattern and sparsity and the stack has at most ``STACK_ENTRIES``
     weights: there one solve instead of several saves kernel launches (SmolLM2's q/k/v),
-    while on larger stacks it saves no time and holds every layer's buffers at once. A stacked result's ``seconds`` is the
-    joint solve's time shared in proportion to rows (``info["joint_seconds"]`` holds
-    the whole); its iterations, history, message and ``info`` (errors, phase times,
-    local-search counts) describe the joint solve. The stack
-    holds the solver's buffers for all rows at once: ``stack=False`` solves one layer
-    at a time with the shared factorization, in less memory.
+    while on larger stacks it saves no time and holds every layer's buffers at once
+    (``stack=False`` solves one layer at a time with the shared factorization).
+
+    A stacked result is scored on its own layer; its ``seconds`` is the joint solve's time
+    shared in proportion to rows (``info["joint_seconds"]`` holds the whole), and its
+    iterations, history, message and ``info`` (errors, phase times, local-search counts)
+    describe the joint solve.
     """
     problems = list(problems)
     if not problems:
@@ -167,35 +178,23 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
     return [solve(p, method, cache=cache, **options) for p in problems]
 
 
-def _solve_stacked(problems, method: str, cache: dict, keep_array_type: bool = False, **options: Any) -> list[SolveResult]:
-    """One solve of the layers' rows stacked (see ``solve_many``), split back per layer."""
+def _solve_stacked(problems, method: str, cache: dict, keep_array_type: bool = False, device=None, dtype=None,
+                   **options: Any) -> list[SolveResult]:
+    """One solve of the layers' rows stacked (see ``solve_many``), scored and returned per layer."""
     from layerprune.problems.patterns import StackedPattern
 
     first = problems[0]
-    xp = first.xp
-    joint = first.with_weight(xp.concatenate([p.weight for p in problems]), name="+".join(p.name for p in problems))
+    joint = first.with_weight(first.xp.concatenate([p.weight for p in problems]), name="+".join(p.name for p in problems))
     joint.pattern = StackedPattern.of(first.pattern, [p.shape[0] for p in problems])  # each layer's own constraint
-    r = solve(joint, method, cache=cache, keep_array_type=True, **options)
-    rx = xp_for(r.device)
-    results, start, rows = [], 0, joint.shape[0]
+    j, dev, out, weight, mask, seconds = _run(joint, method, device, dtype, cache, options)
+    results, start = [], 0
     for p in problems:
         part = slice(start, start + p.shape[0])
         start = part.stop
-        q = p.on(rx)
-        weight, mask = to_xp(r.weight[part], rx).astype(q.weight.dtype, copy=False), to_xp(r.mask[part], rx)
-        objective = q.objective(weight)
-        sparsity = 1.0 - float(mask.sum()) / mask.size
-        if keep_array_type:
-            from layerprune.solvers.backend import like_input
-
-            template = p.origin if p.origin is not None else p.weight
-            weight, mask = like_input(weight, template), like_input(mask, template)
-        else:
-            weight, mask = to_numpy(weight), to_numpy(mask)
         results.append(SolveResult(
-            weight=weight, mask=mask, objective=objective, relative_error=q.relative(objective), sparsity=sparsity,
-            seconds=r.seconds * p.shape[0] / rows, iterations=r.iterations, history=list(r.history), method=method,
-            pattern=p.pattern.name, device=r.device, message=r.message,
-            info={**r.info, "joint_seconds": r.seconds, "stacked_layers": len(problems)},
+            **_scored(p.on(j.xp), p, weight[part], mask[part], keep_array_type),
+            seconds=seconds * p.shape[0] / joint.shape[0], iterations=int(out.iterations), history=list(out.history),
+            method=method, pattern=p.pattern.name, device=dev, message=out.message,
+            info={**out.info, "joint_seconds": seconds, "stacked_layers": len(problems)},
         ))
     return results

@@ -26,7 +26,7 @@ import re
 
 import numpy as np
 
-from layerprune.solvers.backend import array_module
+from layerprune.solvers.backend import array_module, to_numpy
 
 _LOWER = 0  # CUBLAS_FILL_MODE_LOWER (column-major lower = row-major upper)
 
@@ -178,8 +178,7 @@ def staged_eigh(A, xp, panel: int | None = None):
     d, e, tau = lib.sytrd(A)
     lib.orgtr(A, tau)  # A's memory: Hᵀ
     del tau
-    to_host = (lambda a: a) if xp is np else (lambda a: a.get())
-    lam, Zt = tridiagonal_eigh(to_host(d), to_host(e))
+    lam, Zt = tridiagonal_eigh(to_numpy(d), to_numpy(e))
     del d, e
     Qt = xp.asarray(Zt)  # Zᵀ, overwritten by Qᵀ = Zᵀ Hᵀ below, a panel of rows at a time
     del Zt
