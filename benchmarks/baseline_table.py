@@ -19,7 +19,7 @@ import sys
 
 from layerprune import available_methods, solve
 from layerprune.problems import synthetic_problem
-from layerprune.solvers.backend import resolve_device
+from layerprune.problems.backend import resolve_device
 
 BASE_METHODS = ["magnitude", "wanda", "sparsegpt", "alps"]
 SPARSITIES = ["0.5", "0.6", "0.7", "0.8", "0.9", "2:4"]

@@ -34,7 +34,7 @@ METHODS = ["alps", "sparsegpt", "wanda", "admm_gradual"]
 def phase_peaks(mem: "PeakMemory"):
     """Peak bytes per solver phase: each ``PhaseClock.lap(name)`` records the peak since the
     previous lap and restarts the count from the bytes live then (ALPS: setup, admm, refit)."""
-    from layerprune.solvers.backend import PhaseClock
+    from layerprune.problems.backend import PhaseClock
 
     phases: dict[str, int] = {}
     lap = PhaseClock.lap
@@ -53,7 +53,7 @@ def phase_peaks(mem: "PeakMemory"):
 
 def gemm_rate(xp, n: int = 8192, reps: int = 5) -> float:
     """Measured float32 GEMM rate (TFLOP/s) on random data, median of ``reps``."""
-    from layerprune.solvers.backend import synchronize
+    from layerprune.problems.backend import synchronize
 
     a = xp.random.standard_normal((n, n), dtype=xp.float32)
     b = xp.random.standard_normal((n, n), dtype=xp.float32)
@@ -99,8 +99,8 @@ class PeakMemory:
 def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[str], device: str, only: str = "") -> list[dict]:
     from layerprune import solve
     from layerprune.problems import synthetic_problem
+    from layerprune.problems.backend import resolve_device, xp_for
     from layerprune.solvers import get_method
-    from layerprune.solvers.backend import resolve_device, xp_for
 
     dev = resolve_device(device)
     xp = xp_for(dev)
@@ -170,7 +170,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="run only layers whose label contains this")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
-    from layerprune.solvers.backend import resolve_device, xp_for
+    from layerprune.problems.backend import resolve_device, xp_for
 
     dev = resolve_device(args.device)
     xp = xp_for(dev)

@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     from layerprune import solve_many
-    from layerprune.solvers.backend import resolve_device, synchronize, xp_for
+    from layerprune.problems.backend import resolve_device, synchronize, xp_for
 
     dev = resolve_device(args.device)
     xp = xp_for(dev)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from layerprune.solvers.backend import array_module, count_at_least
+from layerprune.problems.backend import array_module, count_at_least
 
 SMALL = 1 << 20  # entries (4 MiB in float32): below this the GPU selects by sorting
 

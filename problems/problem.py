@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from layerprune.problems.backend import array_module, is_torch, to_numpy, to_xp
 from layerprune.problems.patterns import Pattern, parse_pattern
-from layerprune.solvers.backend import array_module, is_torch, to_numpy, to_xp
 
 FORMAT_VERSION = 1
 
@@ -27,9 +27,9 @@ def _as_float_array(a: Any, name: str):
         raise ValueError(f"{name} is required")
     xp = np
     if is_torch(a) and a.is_cuda:
-        from layerprune.solvers.backend import _cupy
+        from layerprune.problems.backend import cupy_or_none
 
-        xp = _cupy() or np
+        xp = cupy_or_none() or np
     elif not is_torch(a):
         xp = array_module(a)
     arr = to_xp(a, xp)

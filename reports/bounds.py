@@ -95,7 +95,7 @@ class LowerBound:
 # -- shared pieces ---------------------------------------------------------------
 def _arrays(problem) -> tuple[np.ndarray, np.ndarray]:
     """(Ŵ, H damped) as float64 NumPy arrays (the exact data p.objective uses)."""
-    from layerprune.solvers.backend import to_numpy
+    from layerprune.problems.backend import to_numpy
 
     W = to_numpy(problem.weight).astype(np.float64)
     H = to_numpy(problem.hessian).astype(np.float64)

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from layerprune.problems.backend import PhaseClock, matmul_precision, to_numpy
 from layerprune.problems.patterns import StackedPattern
-from layerprune.solvers.backend import PhaseClock, matmul_precision, to_numpy
 from layerprune.solvers.local_search import move_search, swap_search
 from layerprune.solvers.normalized import NormalizedProblem, ShiftedInverse
 from layerprune.solvers.pcg import masked_pcg

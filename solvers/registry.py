@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from layerprune.solvers.backend import resolve_device, synchronize, to_numpy, to_xp, xp_for
+from layerprune.problems.backend import resolve_device, synchronize, to_numpy, to_xp, xp_for
 from layerprune.solvers.result import MethodOutput, SolveResult
 
 _METHODS: dict[str, Callable[..., MethodOutput]] = {}
@@ -120,7 +120,7 @@ def _scored(p, problem, weight, mask, keep_array_type: bool) -> dict:
     sparsity = 1.0 - float(mask.sum()) / mask.size  # before leaving xp (torch's .size is a method)
     weight = weight.astype(p.weight.dtype, copy=False)
     if keep_array_type:
-        from layerprune.solvers.backend import like_input
+        from layerprune.problems.backend import like_input
 
         template = problem.origin if problem.origin is not None else problem.weight
         weight, mask = like_input(weight, template), like_input(mask, template)

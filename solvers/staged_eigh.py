@@ -26,7 +26,7 @@ import re
 
 import numpy as np
 
-from layerprune.solvers.backend import array_module, to_numpy
+from layerprune.problems.backend import array_module, to_numpy
 
 _LOWER = 0  # CUBLAS_FILL_MODE_LOWER (column-major lower = row-major upper)
 

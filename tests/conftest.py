@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from layerprune.solvers.backend import gpu_available
+from layerprune.problems.backend import gpu_available
 
 
 def pytest_collection_modifyitems(config, items):

@@ -280,7 +280,7 @@ def test_solve_many_rejects_different_hessians():
 
 
 def test_device_cuda_without_gpu_is_a_clear_error():
-    from layerprune.solvers.backend import gpu_available
+    from layerprune.problems.backend import gpu_available
 
     if gpu_available():
         pytest.skip("a GPU is present")

@@ -13,7 +13,7 @@ import numpy as np
 
 
 @functools.lru_cache(maxsize=1)
-def _cupy():
+def cupy_or_none():
     try:
         import cupy
 
@@ -27,7 +27,7 @@ def _cupy():
 @functools.lru_cache(maxsize=1)
 def _count_ge_kernel():
     """A CuPy reduction: #{u ≥ cand} along an axis, reading ``u`` once (no boolean temporary)."""
-    return _cupy().ReductionKernel("T u, T cand", "int64 c", "u >= cand ? 1 : 0", "a + b", "c = a", "0", "count_ge")
+    return cupy_or_none().ReductionKernel("T u, T cand", "int64 c", "u >= cand ? 1 : 0", "a + b", "c = a", "0", "count_ge")
 
 
 def _count_ge(u, cand, axis: int):
@@ -61,7 +61,7 @@ def count_at_least(u, cand, chunk: int = 4096):
 
 def gpu_available() -> bool:
     """True when CuPy is installed and sees at least one CUDA device."""
-    return _cupy() is not None
+    return cupy_or_none() is not None
 
 
 def resolve_device(device: str | None) -> str:
@@ -83,12 +83,12 @@ def resolve_device(device: str | None) -> str:
 
 def xp_for(device: str):
     """The array module for a resolved device name."""
-    return _cupy() if device == "cuda" else np
+    return cupy_or_none() if device == "cuda" else np
 
 
 def array_module(a: Any):
     """NumPy or CuPy, whichever owns ``a``."""
-    cp = _cupy()
+    cp = cupy_or_none()
     if cp is not None and isinstance(a, cp.ndarray):
         return cp
     return np
@@ -112,13 +112,13 @@ def to_xp(a: Any, xp, dtype=None):
 
             t = t.to(torch.float32)
         if t.is_cuda:
-            cp = _cupy()
+            cp = cupy_or_none()
             if cp is None:
                 raise RuntimeError("a CUDA tensor was given but CuPy is not usable")
             a = cp.from_dlpack(t.contiguous())
         else:
             a = t.contiguous().numpy()
-    cp = _cupy()
+    cp = cupy_or_none()
     if xp is np:
         if cp is not None and isinstance(a, cp.ndarray):
             a = cp.asnumpy(a)
