@@ -64,6 +64,7 @@ class BlockInputs:
 
     hidden: list[torch.Tensor]
     extras: list[tuple[tuple, dict]] = field(default_factory=list)
+    tuple_output: bool = False  # whether the blocks that produced ``hidden`` returned tuples
 
 
 def _parent_and_attr(model: nn.Module, path: str) -> tuple[nn.Module, str]:
@@ -120,10 +121,54 @@ def _first(out: Any) -> torch.Tensor:
 @torch.no_grad()
 def run_block(block: nn.Module, inputs: BlockInputs) -> BlockInputs:
     """The block's outputs on ``inputs`` (the next block's inputs); the block must be on the inputs' device."""
-    outs = []
+    outs, tuple_output = [], False
     for h, (args, kwargs) in zip(inputs.hidden, inputs.extras):
-        outs.append(_first(block(h, *args, **kwargs)))
-    return BlockInputs(outs, inputs.extras)
+        out = block(h, *args, **kwargs)
+        tuple_output = isinstance(out, (tuple, list))
+        outs.append(_first(out))
+    return BlockInputs(outs, inputs.extras, tuple_output)
+
+
+class _Inject(nn.Module):
+    """Stands in for the blocks: returns the given last hidden states, in the blocks' output form
+    (unknown attributes read from the real last block, as :class:`_Catcher` does)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "_block", block)
+        self.hidden: torch.Tensor | None = None
+        self.as_tuple = False
+
+    def forward(self, *args: Any, **kwargs: Any):
+        return (self.hidden,) if self.as_tuple else self.hidden
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_block"), name)
+
+
+@torch.no_grad()
+def head_logits(model: nn.Module, ids: torch.Tensor, last: BlockInputs, batch_size: int, device: str | torch.device):
+    """Logits (b × seqlen × vocab) per mini-batch of ``ids`` from the last block's outputs ``last``: the
+    model's forward runs with its blocks replaced by one stand-in that returns those outputs, so
+    whatever follows the blocks (final norm, projections, LM head) is the model's own code."""
+    path, blocks = find_blocks(model)
+    parent, attr = _parent_and_attr(model, path)
+    inject = _Inject(blocks[len(blocks) - 1])
+    inject.as_tuple = last.tuple_output
+    home = next(model.parameters()).device
+    setattr(parent, attr, nn.ModuleList([inject]))
+    try:
+        model.to(device)
+        for i, start in enumerate(range(0, ids.shape[0], batch_size)):
+            inject.hidden = last.hidden[i]
+            yield model(input_ids=ids[start : start + batch_size].to(device), use_cache=False).logits
+    finally:
+        inject.hidden = None
+        model.to(home)
+        setattr(parent, attr, blocks)
 
 
 def _same_input(a: torch.Tensor, b: torch.Tensor) -> bool:

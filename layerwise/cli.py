@@ -57,6 +57,13 @@ def _add_device(p: argparse.ArgumentParser, threads: int | None = None) -> None:
                    help="CPU threads for torch and BLAS (default: " + ("all" if threads is None else str(threads)) + ")")
 
 
+def _add_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
+                   help="weights and block forwards in this dtype (default: the checkpoint's own; GGUF: float32)")
+    p.add_argument("--no-stream", action="store_true",
+                   help="load an HF safetensors folder whole instead of reading one block at a time")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="layerprune", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -81,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver-device", default=None, help="where the solver runs (default: cuda when --device is a GPU)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. max_iter=100 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_dtype(p)
     _add_device(p)
 
     p = sub.add_parser("eval", help="perplexity of a model on a text")
@@ -90,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate on the first N tokens only")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
+    _add_dtype(p)
     _add_device(p)
 
     p = sub.add_parser("capture", help="save LayerProblem files of chosen blocks (dense activations)")
@@ -155,7 +164,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
         a.model, a.output, method=a.method, sparsity=a.sparsity, pattern=a.pattern, calib=a.calib,
         nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed, damping=a.damping, device=a.device,
         solver_device=a.solver_device, batch_size=a.batch_size, options=parse_options(a.option),
-        eval_text=None if a.no_eval else a.text, eval_tokens=a.eval_tokens, resume=a.resume, log=a.log,
+        dtype=a.dtype, stream=not a.no_stream, eval_text=None if a.no_eval else a.text, eval_tokens=a.eval_tokens, resume=a.resume, log=a.log,
         progress=not a.quiet,
     )
     line = f"pruned {len(rec['layers'])} layers to sparsity {rec['sparsity']:.4f} ({rec['pattern']}) with {rec['method']}"
@@ -171,7 +180,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from layerprune.layerwise.pipeline import run_eval
 
     r = run_eval(a.model, a.text, seqlen=a.seqlen, max_tokens=a.max_tokens, device=a.device,
-                 batch_size=a.batch_size, progress=not a.quiet)
+                 batch_size=a.batch_size, dtype=a.dtype, stream=not a.no_stream, progress=not a.quiet)
     print(f"perplexity {r['perplexity']:.3f} on {r['tokens']} tokens of {r['text']} (windows of {r['seqlen']})")
     return 0
 

@@ -25,7 +25,6 @@ last bits, as two uninterrupted runs there would.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -39,11 +38,12 @@ from torch import nn
 
 from layerprune.layerwise.blocks import capture_inputs, collect_hessians, run_block
 from layerprune.layerwise.errors import LayerwiseError
-from layerprune.layerwise.models import block_linears, context_length, find_blocks
+from layerprune.layerwise.models import block_linears, context_length
+from layerprune.layerwise.stores import block_tensors, store_for
 from layerprune.problems import LayerProblem, parse_pattern
 from layerprune.solvers import get_method, solve_many
 
-CHECKPOINT_VERSION = 2  # 2: pruned weights only; block inputs are recomputed on resume
+CHECKPOINT_VERSION = 3  # 3: every tensor of a pruned block under its model name (the output's shards); no activations
 
 
 @dataclass
@@ -93,9 +93,11 @@ class PruneSettings:
 
     @property
     def solve_device(self) -> str:
+        """The solver's device: ``solver_device``, else the block device when it is a GPU
+        (``cuda:N`` included: torch and CuPy then work on the same device), else the CPU."""
         if self.solver_device is not None:
             return self.solver_device
-        return "cuda" if str(self.device).startswith("cuda") else "cpu"
+        return str(self.device) if str(self.device).startswith("cuda") else "cpu"
 
 
 def check_seqlen(model: nn.Module, seqlen: int) -> None:
@@ -108,17 +110,17 @@ def check_seqlen(model: nn.Module, seqlen: int) -> None:
 
 
 def fingerprint(model: nn.Module, calib: torch.Tensor, settings: PruneSettings) -> str:
-    """Identifies a run: settings, calibration ids, the model's config and its block-0 weights."""
+    """Identifies a run: settings, calibration ids, the model's config and its dense block-0 weights."""
     h = hashlib.sha256()
     h.update(json.dumps(asdict(settings), sort_keys=True, default=str).encode())
     h.update(calib.to(torch.int64).cpu().numpy().tobytes())
     config = getattr(model, "config", None)
     if config is not None:
         h.update(config.to_json_string(use_diff=False).encode())
-    _, blocks = find_blocks(model)
-    for name, lin in block_linears(blocks[0]).items():
-        h.update(name.encode())
-        h.update(lin.weight.detach().float().cpu().numpy().tobytes())
+    with store_for(model).on(0, "cpu") as block:
+        for name, lin in block_linears(block).items():
+            h.update(name.encode())
+            h.update(lin.weight.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -163,27 +165,26 @@ class Checkpoint:
             raise LayerwiseError(f"checkpoint {self.folder} has format {state.get('version')}, not {CHECKPOINT_VERSION}")
         return state
 
-    def save_block(self, index: int, block: nn.Module, state: dict) -> None:
-        """Write block ``index``'s pruned weights, then point ``state.json`` past it (both atomically)."""
+    def block_file(self, index: int) -> Path:
+        return self.folder / f"block_{index:04d}.safetensors"
+
+    def save_block(self, index: int, block: nn.Module, prefix: str, state: dict) -> None:
+        """Write block ``index``'s tensors (under their model names, ``prefix`` + local name: a shard
+        of the output), then point ``state.json`` past it (both atomically)."""
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        weights = {f"{name}.weight": lin.weight.detach().cpu().contiguous() for name, lin in block_linears(block).items()}
-        _atomic_write_bytes(self.folder / f"block_{index:04d}.safetensors", lambda p: save_file(weights, p))
+        tensors = block_tensors(block, prefix)
+        _atomic_write_bytes(self.block_file(index), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         state = dict(state, version=CHECKPOINT_VERSION, next_block=index + 1)
         _atomic_write_bytes(
             self.state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1), encoding="utf-8")
         )
 
-    def restore(self, blocks: nn.ModuleList, state: dict) -> int:
-        """Load the pruned blocks 0 … next−1 into ``blocks``; returns next."""
-        from safetensors.torch import load_file
-
+    def restore(self, store, state: dict) -> int:
+        """Make the pruned blocks 0 … next−1 the store's blocks; returns next."""
         for index in range(state["next_block"]):
-            saved = load_file(str(self.folder / f"block_{index:04d}.safetensors"))
-            linears = block_linears(blocks[index])
-            for key, value in saved.items():
-                linears[key[: -len(".weight")]].weight.data.copy_(value)
+            store.restore(index, self.block_file(index))
         return int(state["next_block"])
 
     def remove(self) -> None:
@@ -205,11 +206,7 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
     entries = []
     solver_dev = settings.solve_device
     for gi, group in enumerate(groups):
-        H = hessians[group[0]]
-        if solver_dev == "cuda":
-            H = H if H.is_cuda else H.cuda()
-        else:
-            H = H.cpu()
+        H = hessians[group[0]].to(torch.device(solver_dev))  # no copy when it is there already
         # a copy of each weight: the problem's Ŵ stays the dense weight whatever is written into the layer
         dense = [linears[name].weight.detach().to(device=H.device, dtype=torch.float32, copy=True) for name in group]
         first = LayerProblem(weight=dense[0], hessian=H, sparsity=settings.sparsity, pattern=settings.pattern,
@@ -220,7 +217,7 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
                              **settings.options)
         for name, problem, r in zip(group, problems, results):
             lin = linears[name]
-            lin.weight.data.copy_(r.weight)
+            write_pruned(lin.weight, r.weight, r.mask)
             nonzero = int(torch.count_nonzero(lin.weight))
             entry = {
                 "block": index,
@@ -242,15 +239,21 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
     return entries
 
 
-@contextlib.contextmanager
-def _on_device(block: nn.Module, device: torch.device):
-    """The block moved to ``device`` for the ``with`` body and back to where it lived after."""
-    home = next(block.parameters()).device
-    block.to(device)
-    try:
-        yield block
-    finally:
-        block.to(home)
+@torch.no_grad()
+def write_pruned(weight: torch.Tensor, solution: torch.Tensor, mask: torch.Tensor) -> None:
+    """Copy a solver's float32 ``solution`` (out × in) into ``weight`` in the weight's own dtype
+    with the support exact: entries off ``mask`` are 0, and a kept entry that rounds to 0 in a
+    narrow dtype (|w| below fp16's 6e-8, bf16's 9e-41) becomes the smallest subnormal of its sign,
+    so the saved model has exactly the solver's support."""
+    mask = mask.to(device=weight.device, dtype=torch.bool)
+    value = solution.to(device=weight.device, dtype=weight.dtype) * mask
+    lost = mask & (value == 0)
+    if bool(lost.any()):
+        info = torch.finfo(weight.dtype)
+        tiny = torch.tensor(info.smallest_normal * info.eps, dtype=weight.dtype, device=weight.device)
+        sign = torch.sign(solution.to(weight.device)[lost]).to(weight.dtype)
+        value[lost] = torch.where(sign == 0, tiny, sign * tiny)
+    weight.copy_(value)
 
 
 def prune_model(
@@ -280,7 +283,10 @@ def prune_model(
     if calib.ndim != 2 or calib.numel() == 0:
         raise LayerwiseError(f"calibration ids must be a non-empty (nsamples × seqlen) tensor, got {tuple(calib.shape)}")
     check_seqlen(model, int(calib.shape[1]))
-    path, blocks = find_blocks(model)
+    store = store_for(model)
+    if store.streamed and checkpoint is None:
+        raise LayerwiseError("a model read block by block from disk needs a checkpoint folder: the pruned blocks are "
+                             "written there")
     device = torch.device(settings.device)
     ckpt = Checkpoint(checkpoint) if checkpoint is not None else None
     fp = fingerprint(model, calib, settings) if ckpt is not None else None
@@ -297,26 +303,28 @@ def prune_model(
                 f"the checkpoint in {ckpt.folder} belongs to another run (model, calibration or settings differ); "
                 "delete it to start over"
             )
-        start = ckpt.restore(blocks, state)
+        start = ckpt.restore(store, state)
         layers, seconds_before = list(state["layers"]), float(state.get("seconds", 0.0))
         for index in range(start):  # block `start`'s inputs: replay the pruned blocks, as the run did
-            with _on_device(blocks[index], device) as block:
+            with store.on(index, device) as block:
                 inputs = run_block(block, inputs)
 
-    bar = tqdm(range(start, len(blocks)), initial=start, total=len(blocks), unit="block",
+    bar = tqdm(range(start, len(store)), initial=start, total=len(store), unit="block",
                desc=f"{settings.method} {settings.pattern} {settings.sparsity:g}", disable=not progress)
     for index in bar:
-        with _on_device(blocks[index], device) as block:
+        with store.on(index, device) as block:
             hessians, groups, _ = collect_hessians(block, inputs, device)
             _solve_block(block, hessians, groups, settings, index,
                          on_layer=lambda e: (layers.append(e), bar.set_postfix(layer=e["layer"], rel_err=f"{e['relative_error']:.4f}", refresh=False)))
             del hessians
             inputs = run_block(block, inputs)  # the pruned block's outputs feed the next block
-        if ckpt is not None:
-            ckpt.save_block(index, block, {
-                **(extra_state or {}), "fingerprint": fp, "model_blocks": path, "layers": layers,
-                "seconds": seconds_before + time.perf_counter() - t0, "settings": asdict(settings),
-            })
+            if ckpt is not None:
+                ckpt.save_block(index, block, store.prefix(index), {
+                    **(extra_state or {}), "fingerprint": fp, "model_blocks": store.path, "layers": layers,
+                    "seconds": seconds_before + time.perf_counter() - t0, "settings": asdict(settings),
+                })
+                if store.streamed:  # the pruned block is read back from its file from now on
+                    store.restore(index, ckpt.block_file(index))
         if after_block is not None:
             after_block(index)
     bar.close()
@@ -324,8 +332,8 @@ def prune_model(
         "settings": asdict(settings),
         "nsamples": int(calib.shape[0]),
         "seqlen": int(calib.shape[1]),
-        "blocks": len(blocks),
-        "block_path": path,
+        "blocks": len(store),
+        "block_path": store.path,
         "layers": layers,
         "mean_relative_error": sum(e["relative_error"] for e in layers) / max(len(layers), 1),
         "sparsity": 1.0 - sum(e["kept"] for e in layers) / max(sum(e["shape"][0] * e["shape"][1] for e in layers), 1),

@@ -11,6 +11,7 @@ GPT-NeoX: ``gpt_neox.layers``; GPT-J/Falcon/BLOOM: ``transformer.h``; else the l
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
@@ -92,33 +93,56 @@ def _require_gguf_support() -> None:
             raise MissingPackageError(f"{pip_name} (needed to load GGUF files)", f"pip install {pip_name}")
 
 
-def load_model(spec: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
-    """(model in eval mode on the CPU, tokenizer) from a folder, a GGUF file or a shorthand. Offline only."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' warnings and progress bars off for the body (restored after)."""
     from transformers.utils import logging as hf_logging
 
-    src = resolve_model(spec)
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    if src.is_gguf:
-        _require_gguf_support()
-        kwargs["gguf_file"] = src.gguf_file
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(src.folder, **kwargs)
-        except (OSError, ValueError) as e:
-            raise LayerwiseError(f"cannot load a tokenizer from {src.spec!r}: {e}") from e
-        try:
-            model = AutoModelForCausalLM.from_pretrained(src.folder, dtype=dtype, **kwargs)
-        except (OSError, ValueError, KeyError) as e:
-            raise LayerwiseError(f"cannot load a causal language model from {src.spec!r}: {e}") from e
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def load_tokenizer(src: ModelSource) -> Any:
+    """The tokenizer of a resolved model source (offline)."""
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if src.is_gguf:
+        _require_gguf_support()
+        kwargs["gguf_file"] = src.gguf_file
+    with _quiet_transformers():
+        try:
+            return AutoTokenizer.from_pretrained(src.folder, **kwargs)
+        except (OSError, ValueError) as e:
+            raise LayerwiseError(f"cannot load a tokenizer from {src.spec!r}: {e}") from e
+
+
+def load_model(spec: str | os.PathLike, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
+    """(model in eval mode on the CPU, tokenizer) from a folder, a GGUF file or a shorthand. Offline only.
+
+    dtype : the weights' dtype; None: the checkpoint's own (a GGUF file dequantizes to float32).
+    """
+    from transformers import AutoModelForCausalLM
+
+    src = resolve_model(spec)
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if src.is_gguf:
+        kwargs["gguf_file"] = src.gguf_file
+    tokenizer = load_tokenizer(src)
+    with _quiet_transformers():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                src.folder, dtype=dtype or (torch.float32 if src.is_gguf else "auto"), **kwargs)
+        except (OSError, ValueError, KeyError) as e:
+            raise LayerwiseError(f"cannot load a causal language model from {src.spec!r}: {e}") from e
     model.eval()
     model.config.use_cache = False
     return model, tokenizer
@@ -189,27 +213,17 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     return fresh.eval()
 
 
-def save_model(model: nn.Module, tokenizer: Any, output: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
-    """Save model (safetensors), tokenizer and ``extra_files`` (name → text) as an HF folder.
-
-    Everything is written into a temporary sibling folder first and moved into place
-    with renames, so ``output`` is never a half-written model: a crash leaves either
-    the previous folder (or nothing) or the complete new one.
-    """
+def write_folder(output: str | os.PathLike, fill) -> Path:
+    """Write a folder atomically: ``fill(tmp)`` fills a new temporary sibling folder, which then
+    replaces ``output`` by renames, so ``output`` is never half-written: a crash leaves the
+    previous folder (or nothing) or the complete new one."""
     out = Path(output).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
         raise LayerwiseError(f"output {str(output)!r} exists and is not a folder")
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        needs_copy = (getattr(model, "hf_quantizer", None) is not None
-                      or getattr(model.config, "quantization_config", None) is not None)
-        plain = _plain_copy(model) if needs_copy else model
-        plain.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
+        fill(tmp)
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
@@ -221,3 +235,20 @@ def save_model(model: nn.Module, tokenizer: Any, output: str | os.PathLike, extr
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def save_model(model: nn.Module, tokenizer: Any, output: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
+    """Save model (safetensors), tokenizer and ``extra_files`` (name → text) as an HF folder,
+    atomically (:func:`write_folder`)."""
+
+    def fill(tmp: Path) -> None:
+        needs_copy = (getattr(model, "hf_quantizer", None) is not None
+                      or getattr(model.config, "quantization_config", None) is not None)
+        plain = _plain_copy(model) if needs_copy else model
+        plain.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+    return write_folder(output, fill)

@@ -30,6 +30,27 @@ def perplexity(
     """exp(mean next-token negative log-likelihood) over non-overlapping windows of ``seqlen`` tokens."""
     from tqdm.auto import tqdm
 
+    ids = eval_windows(stream, seqlen, max_tokens)
+    if getattr(model, "layerprune_store", None) is not None:
+        return perplexity_by_block(model, ids, device=device, batch_size=batch_size, progress=progress)
+    windows = ids.shape[0]
+    home = next(model.parameters()).device
+    was_training = model.training
+    model.eval().to(device)
+    nll, count = 0.0, 0
+    try:
+        for start in tqdm(range(0, windows, batch_size), desc="perplexity", unit="batch", disable=not progress):
+            batch = ids[start : start + batch_size].to(device)
+            nll += next_token_nll(model(input_ids=batch, use_cache=False).logits, batch)
+            count += batch[:, 1:].numel()
+    finally:
+        model.to(home)
+        model.train(was_training)
+    return math.exp(nll / count)
+
+
+def eval_windows(stream: torch.Tensor, seqlen: int, max_tokens: int | None = None) -> torch.Tensor:
+    """The (windows × seqlen) non-overlapping windows of the stream's first ``max_tokens`` tokens."""
     ids = stream.reshape(-1)
     if max_tokens is not None:
         ids = ids[: int(max_tokens)]
@@ -38,21 +59,32 @@ def perplexity(
     windows = ids.numel() // seqlen
     if windows == 0:
         raise LayerwiseError(f"the evaluation text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}")
-    ids = ids[: windows * seqlen].reshape(windows, seqlen)
-    home = next(model.parameters()).device
-    was_training = model.training
-    model.eval().to(device)
-    nll, count = 0.0, 0
-    try:
-        for start in tqdm(range(0, windows, batch_size), desc="perplexity", unit="batch", disable=not progress):
-            batch = ids[start : start + batch_size].to(device)
-            logits = model(input_ids=batch, use_cache=False).logits.float()
-            loss = nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
-            )
-            nll += float(loss)
-            count += batch[:, 1:].numel()
-    finally:
-        model.to(home)
-        model.train(was_training)
-    return math.exp(nll / count)
+    return ids[: windows * seqlen].reshape(windows, seqlen)
+
+
+def next_token_nll(logits: torch.Tensor, batch: torch.Tensor) -> float:
+    """Σ −log p(x_t | x_<t) over the batch's windows (float32 log-softmax)."""
+    logits = logits.float()
+    return float(nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].to(logits.device).reshape(-1), reduction="sum"))
+
+
+@torch.no_grad()
+def perplexity_by_block(model: nn.Module, ids: torch.Tensor, *, device: str | torch.device = "cpu",
+                        batch_size: int = 1, progress: bool = False) -> float:
+    """Perplexity of a model whose blocks live on disk (``layerprune_store``): every window's hidden
+    states go through one block at a time (the SparseGPT reference's ``llama_eval``), then the
+    model's head. Memory: the windows' hidden states (windows × seqlen × hidden, twice) on ``device``."""
+    from tqdm.auto import tqdm
+
+    from layerprune.layerwise.blocks import capture_inputs, head_logits, run_block
+
+    store = model.layerprune_store
+    inputs = capture_inputs(model, ids, batch_size, device)
+    for index in tqdm(range(len(store)), desc="perplexity", unit="block", disable=not progress):
+        with store.on(index, device) as block:
+            inputs = run_block(block, inputs)
+    nll = 0.0
+    for start, logits in zip(range(0, ids.shape[0], batch_size), head_logits(model, ids, inputs, batch_size, device)):
+        nll += next_token_nll(logits, ids[start : start + batch_size])
+    return math.exp(nll / (ids.shape[0] * (ids.shape[1] - 1)))

@@ -20,8 +20,10 @@ from typing import Any
 from layerprune.layerwise.data import _write_atomic, calibration_segments, evaluation_stream
 from layerprune.layerwise.driver import Checkpoint, PruneSettings, check_seqlen, prune_model
 from layerprune.layerwise.errors import LayerwiseError
-from layerprune.layerwise.models import block_linears, find_blocks, load_model, resolve_model, save_model
+from layerprune.layerwise.lazy import open_model, parse_dtype, save_sharded
+from layerprune.layerwise.models import block_linears, find_blocks, load_model, resolve_model, save_model, write_folder
 from layerprune.layerwise.perplexity import perplexity
+from layerprune.layerwise.stores import store_for
 
 RUN_LOG = "layerprune_run.json"
 
@@ -53,6 +55,8 @@ def run_prune(
     solver_device: str | None = None,
     batch_size: int = 8,
     options: dict | None = None,
+    dtype: str | None = None,
+    stream: bool = True,
     eval_text: str | None = "wiki-test",
     eval_tokens: int | None = None,
     resume: bool = False,
@@ -63,6 +67,10 @@ def run_prune(
 
     Perplexity (dense and pruned) is measured on ``eval_text`` in windows of ``seqlen``
     over its first ``eval_tokens`` tokens (all when None); ``eval_text=None`` skips it.
+    dtype : weights and block forwards in "bfloat16", "float16" or "float32" (None: the
+        checkpoint's own; GGUF: float32). Hessians are float32, solvers float32.
+    stream : an HF safetensors folder is read one block at a time (``layerwise.lazy``) and the
+        output written as one shard per block; False loads it whole. GGUF is always loaded whole.
     """
     settings = PruneSettings(method=method, sparsity=sparsity, pattern=pattern, damping=damping, device=device,
                              solver_device=solver_device, batch_size=batch_size, options=dict(options or {}))
@@ -71,17 +79,20 @@ def run_prune(
         raise LayerwiseError(f"nsamples must be ≥ 1, got {nsamples}")
     if Path(output).exists() and not Path(output).is_dir():
         raise LayerwiseError(f"output {str(output)!r} exists and is not a folder")
+    torch_dtype = parse_dtype(dtype)
     resolve_model(model)  # a missing path fails before anything slow
     ckpt = Checkpoint(checkpoint_folder(output))
     ckpt.check_resumable(resume)
     t0 = time.perf_counter()
-    net, tokenizer = load_model(model)
+    net, tokenizer = open_model(model, torch_dtype, stream=stream)
     check_seqlen(net, seqlen)
     ids = calibration_segments(tokenizer, calib, nsamples, seqlen, seed)
     record: dict[str, Any] = {
         "model": str(model), "method": method, "sparsity": settings.sparsity, "pattern": settings.pattern,
         "calib": str(calib), "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
         "eval_text": eval_text, "eval_tokens": eval_tokens,
+        "dtype": str(next(p for p in net.parameters() if p.device.type != "meta").dtype).removeprefix("torch."),
+        "streamed": store_for(net).streamed,
     }
     stream = None
     if eval_text is not None:
@@ -100,7 +111,12 @@ def run_prune(
         record["perplexity"] = perplexity(net, stream, seqlen, device=device, progress=progress)
     record["seconds_total"] = time.perf_counter() - t0
     text = json.dumps(record, indent=1)
-    save_model(net, tokenizer, output, extra_files={RUN_LOG: text})
+    store = store_for(net)
+    if store.streamed:  # the checkpoint's block files are the output's shards
+        files = [ckpt.block_file(i) for i in range(len(store))]
+        write_folder(output, lambda tmp: save_sharded(net, files, tokenizer, tmp, extra_files={RUN_LOG: text}))
+    else:
+        save_model(net, tokenizer, output, extra_files={RUN_LOG: text})
     if log is not None:
         _write_json(log, record)
     ckpt.remove()
@@ -108,10 +124,13 @@ def run_prune(
 
 
 def run_eval(model: str, text: str = "wiki-test", *, seqlen: int = 2048, max_tokens: int | None = None,
-             device: str = "cpu", batch_size: int = 1, progress: bool = True) -> dict:
-    """Perplexity of ``model`` on ``text`` in non-overlapping windows of ``seqlen`` tokens."""
+             device: str = "cpu", batch_size: int = 1, dtype: str | None = None, stream: bool = True,
+             progress: bool = True) -> dict:
+    """Perplexity of ``model`` on ``text`` in non-overlapping windows of ``seqlen`` tokens (an HF
+    safetensors folder block by block unless ``stream=False``)."""
+    torch_dtype = parse_dtype(dtype)
     resolve_model(model)
-    net, tokenizer = load_model(model)
+    net, tokenizer = open_model(model, torch_dtype, stream=stream)
     check_seqlen(net, seqlen)
     stream = evaluation_stream(tokenizer, text, max_tokens=max_tokens)
     ppl = perplexity(net, stream, seqlen, device=device, batch_size=batch_size, progress=progress)

@@ -64,26 +64,57 @@ def gpu_available() -> bool:
     return cupy_or_none() is not None
 
 
+def parse_device(device: str) -> tuple[str, int | None]:
+    """``"cpu"`` → ("cpu", None); ``"cuda"``/``"gpu"`` → ("cuda", None); ``"cuda:N"`` → ("cuda", N).
+
+    Only the name is checked here (no GPU needed), so bad names fail before any work.
+    """
+    name = str(device).strip().lower()
+    if name == "cpu":
+        return "cpu", None
+    if name in ("cuda", "gpu"):
+        return "cuda", None
+    kind, sep, index = name.partition(":")
+    if kind == "cuda" and sep and index.isdigit():
+        return "cuda", int(index)
+    raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or None (auto)")
+
+
 def resolve_device(device: str | None) -> str:
-    """``None`` → ``"cuda"`` when a GPU is usable, else ``"cpu"``; validates names."""
+    """``None`` → ``"cuda"`` when a GPU is usable, else ``"cpu"``; ``"cuda:N"`` is kept (and N
+    checked against the devices CuPy sees); other names are refused."""
     if device is None:
         return "cuda" if gpu_available() else "cpu"
-    device = str(device).lower()
-    if device.startswith("cuda") or device == "gpu":
-        if not gpu_available():
-            raise RuntimeError(
-                "device='cuda' was asked for, but no GPU is usable: CuPy is not installed "
-                "or sees no CUDA device (install the 'gpu' extra: pip install 'layerprune[gpu]')"
-            )
-        return "cuda"
-    if device == "cpu":
+    kind, index = parse_device(device)
+    if kind == "cpu":
         return "cpu"
-    raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or None (auto)")
+    if not gpu_available():
+        raise RuntimeError(
+            f"device={device!r} was asked for, but no GPU is usable: CuPy is not installed "
+            "or sees no CUDA device (install the 'gpu' extra: pip install 'layerprune[gpu]')"
+        )
+    if index is None:
+        return "cuda"
+    count = cupy_or_none().cuda.runtime.getDeviceCount()
+    if index >= count:
+        raise ValueError(f"device {device!r} does not exist: CuPy sees {count} CUDA device(s) (cuda:0 … cuda:{count - 1})")
+    return f"cuda:{index}"
 
 
 def xp_for(device: str):
     """The array module for a resolved device name."""
-    return cupy_or_none() if device == "cuda" else np
+    return cupy_or_none() if str(device).startswith("cuda") else np
+
+
+def device_scope(device: str):
+    """Context manager making ``device`` (resolved) CuPy's current device: ``cupy.cuda.Device(N)``
+    for ``"cuda:N"``; for ``"cuda"`` and ``"cpu"`` it changes nothing."""
+    import contextlib
+
+    kind, index = parse_device(device)
+    if kind == "cuda" and index is not None:
+        return cupy_or_none().cuda.Device(index)
+    return contextlib.nullcontext()
 
 
 def array_module(a: Any):

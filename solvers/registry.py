@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from layerprune.problems.backend import resolve_device, synchronize, to_numpy, to_xp, xp_for
+from layerprune.problems.backend import device_scope, resolve_device, synchronize, to_numpy, to_xp, xp_for
 from layerprune.solvers.result import MethodOutput, SolveResult
 
 _METHODS: dict[str, Callable[..., MethodOutput]] = {}
@@ -62,7 +62,8 @@ def solve(
 ) -> SolveResult:
     """Solve one layer's pruning problem with ``method``.
 
-    device : "cpu", "cuda" or None (GPU when CuPy sees one).
+    device : "cpu", "cuda", "cuda:N" or None (GPU when CuPy sees one); a GPU solve runs with
+        that device current for CuPy (``cupy.cuda.Device(N)``).
     dtype : working precision of the method (default float32; "float64" for references).
     keep_array_type : return weight/mask in the problem's own array type (torch, CuPy)
         instead of NumPy.
@@ -70,9 +71,12 @@ def solve(
         so factorizations are computed once; see :func:`solve_many`.
     options : passed to the method (see each method's docstring).
     """
-    p, dev, out, weight, mask, seconds = _run(problem, method, device, dtype, cache, options)
+    dev = resolve_device(device)
+    with device_scope(dev):
+        p, out, weight, mask, seconds = _run(problem, method, dev, dtype, cache, options)
+        scored = _scored(p, problem, weight, mask, keep_array_type)
     return SolveResult(
-        **_scored(p, problem, weight, mask, keep_array_type),
+        **scored,
         seconds=seconds,
         iterations=int(out.iterations),
         history=out.history,
@@ -84,15 +88,14 @@ def solve(
     )
 
 
-def _run(problem, method: str, device, dtype, cache: dict | None, options: dict):
-    """Run ``method`` on ``problem`` moved to the device, timed, and check its answer:
-    (problem on xp, device, MethodOutput, weight ⊙ mask, mask, seconds)."""
+def _run(problem, method: str, dev: str, dtype, cache: dict | None, options: dict):
+    """Run ``method`` on ``problem`` moved to the resolved device ``dev`` (current for CuPy),
+    timed, and check its answer: (problem on xp, MethodOutput, weight ⊙ mask, mask, seconds)."""
     from layerprune.problems import LayerProblem
 
     if not isinstance(problem, LayerProblem):
         raise TypeError(f"solve() takes a LayerProblem, got {type(problem).__name__}")
     fn = get_method(method)
-    dev = resolve_device(device)
     xp = xp_for(dev)
     work_dtype = np.dtype(dtype or np.float32)
     if work_dtype.kind != "f":
@@ -110,7 +113,7 @@ def _run(problem, method: str, device, dtype, cache: dict | None, options: dict)
         raise RuntimeError(f"method {method!r} returned a support that violates pattern {p.pattern.name}")
     if not bool(xp.isfinite(weight).all()):
         raise RuntimeError(f"method {method!r} returned NaN/Inf weights")
-    return p, dev, out, weight, mask, seconds
+    return p, out, weight, mask, seconds
 
 
 def _scored(p, problem, weight, mask, keep_array_type: bool) -> dict:
@@ -186,13 +189,18 @@ def _solve_stacked(problems, method: str, cache: dict, keep_array_type: bool = F
     first = problems[0]
     joint = first.with_weight(first.xp.concatenate([p.weight for p in problems]), name="+".join(p.name for p in problems))
     joint.pattern = StackedPattern.of(first.pattern, [p.shape[0] for p in problems])  # each layer's own constraint
-    j, dev, out, weight, mask, seconds = _run(joint, method, device, dtype, cache, options)
-    results, start = [], 0
-    for p in problems:
-        part = slice(start, start + p.shape[0])
-        start = part.stop
+    dev = resolve_device(device)
+    with device_scope(dev):
+        j, out, weight, mask, seconds = _run(joint, method, dev, dtype, cache, options)
+        scored, start = [], 0
+        for p in problems:
+            part = slice(start, start + p.shape[0])
+            start = part.stop
+            scored.append(_scored(p.on(j.xp), p, weight[part], mask[part], keep_array_type))
+    results = []
+    for p, part in zip(problems, scored):
         results.append(SolveResult(
-            **_scored(p.on(j.xp), p, weight[part], mask[part], keep_array_type),
+            **part,
             seconds=seconds * p.shape[0] / joint.shape[0], iterations=int(out.iterations), history=list(out.history),
             method=method, pattern=p.pattern.name, device=dev, message=out.message,
             info={**out.info, "joint_seconds": seconds, "stacked_layers": len(problems)},

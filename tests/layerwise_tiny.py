@@ -60,6 +60,18 @@ def tiny_model(family: str, seed: int = 0, **kw):
     return model.eval()
 
 
+def folder_tensors(folder) -> dict:
+    """Every tensor of a saved model folder (one safetensors file or shards), by name."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    out: dict = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
 def tiny_text(n_words: int = 4000, seed: int = 0) -> str:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(WORDS), (n_words,), generator=g).tolist()

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from layerwise_tiny import byte_tokenizer, one_thread, tiny_model, tiny_text  # noqa: F401
+from layerwise_tiny import byte_tokenizer, folder_tensors, one_thread, tiny_model, tiny_text  # noqa: F401
 
 from layerprune.layerwise.cli import main, parse_options
 from layerprune.layerwise.errors import LayerwiseError
@@ -68,9 +68,7 @@ def test_prune_resume_after_a_crash(files, tmp_path, monkeypatch):
     assert not out.exists() and (tmp_path / "out.partial" / "state.json").exists()
     assert main(_prune_args(files, out, "--method", "wanda", "--pattern", "2:4")) == 2  # needs --resume
     assert main(_prune_args(files, out, "--method", "wanda", "--pattern", "2:4", "--resume")) == 0
-    from safetensors.torch import load_file
-
-    a, b = load_file(full / "model.safetensors"), load_file(out / "model.safetensors")
+    a, b = folder_tensors(full), folder_tensors(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ra, rb = (json.loads((p / "layerprune_run.json").read_text()) for p in (full, out))
     assert ra["perplexity"] == rb["perplexity"] and ra["dense_perplexity"] == rb["dense_perplexity"]
