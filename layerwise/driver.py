@@ -194,6 +194,44 @@ class Checkpoint:
 
 
 # -- the driver ------------------------------------------------------------------------
+class BlockClock:
+    """Seconds of one block's phases (load, hessians, solve, forward, save), the device synchronized
+    at each lap, and the peak device memory of torch's allocator and CuPy's pool after the block."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.laps: dict[str, float] = {}
+        self._sync()
+        self._t0 = self._t = time.perf_counter()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def lap(self, name: str) -> float:
+        self._sync()
+        t = time.perf_counter()
+        self.laps[name] = t - self._t
+        self._t = t
+        return self.laps[name]
+
+    @property
+    def total(self) -> float:
+        return self._t - self._t0
+
+    def entry(self, index: int) -> dict:
+        entry: dict = {"block": index, **self.laps}
+        if self.device.type == "cuda":
+            from layerprune.problems.backend import cupy_or_none
+
+            entry["torch_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            cp = cupy_or_none()
+            if cp is not None:
+                entry["cupy_pool_gib"] = cp.get_default_memory_pool().total_bytes() / 2**30
+        return entry
+
+
+
 def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: list[list[str]],
                  settings: PruneSettings, index: int, on_layer=None) -> list[dict]:
     """Prune every linear of one block in place; one log entry per layer.
@@ -291,6 +329,7 @@ def prune_model(
     ckpt = Checkpoint(checkpoint) if checkpoint is not None else None
     fp = fingerprint(model, calib, settings) if ckpt is not None else None
     layers: list[dict] = []
+    block_log: list[dict] = []
     start, seconds_before = 0, 0.0
 
     t0 = time.perf_counter()
@@ -312,12 +351,18 @@ def prune_model(
     bar = tqdm(range(start, len(store)), initial=start, total=len(store), unit="block",
                desc=f"{settings.method} {settings.pattern} {settings.sparsity:g}", disable=not progress)
     for index in bar:
+        clock = BlockClock(device)
         with store.on(index, device) as block:
+            clock.lap("load")
             hessians, groups, _ = collect_hessians(block, inputs, device)
+            clock.lap("hessians")
             _solve_block(block, hessians, groups, settings, index,
                          on_layer=lambda e: (layers.append(e), bar.set_postfix(layer=e["layer"], rel_err=f"{e['relative_error']:.4f}", refresh=False)))
+            clock.lap("solve")
             del hessians
             inputs = run_block(block, inputs)  # the pruned block's outputs feed the next block
+            clock.lap("forward")
+            block_log.append(clock.entry(index))
             if ckpt is not None:
                 ckpt.save_block(index, block, store.prefix(index), {
                     **(extra_state or {}), "fingerprint": fp, "model_blocks": store.path, "layers": layers,
@@ -325,6 +370,8 @@ def prune_model(
                 })
                 if store.streamed:  # the pruned block is read back from its file from now on
                     store.restore(index, ckpt.block_file(index))
+        block_log[-1]["save"] = clock.lap("save")
+        block_log[-1]["seconds"] = clock.total
         if after_block is not None:
             after_block(index)
     bar.close()
@@ -335,6 +382,7 @@ def prune_model(
         "blocks": len(store),
         "block_path": store.path,
         "layers": layers,
+        "block_seconds": block_log,
         "mean_relative_error": sum(e["relative_error"] for e in layers) / max(len(layers), 1),
         "sparsity": 1.0 - sum(e["kept"] for e in layers) / max(sum(e["shape"][0] * e["shape"][1] for e in layers), 1),
         "seconds": seconds_before + time.perf_counter() - t0,

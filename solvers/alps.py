@@ -37,6 +37,7 @@ import numpy as np
 
 from layerprune.problems.backend import PhaseClock, matmul_precision, to_numpy
 from layerprune.problems.patterns import StackedPattern
+from layerprune.solvers.linalg import syevd_fits
 from layerprune.solvers.local_search import move_search, swap_search
 from layerprune.solvers.normalized import NormalizedProblem, ShiftedInverse
 from layerprune.solvers.pcg import masked_pcg
@@ -95,8 +96,8 @@ class ALPSOptions:
         the explicit inverse the refit's products go through the problem's H (no in × in buffer).
     staged_eigh : eigendecompose in stages with a bounded workspace (``solvers.staged_eigh``:
         about 1.1 in² beside the matrix instead of cuSOLVER syevd's 4 in², for a slower host
-        step); None (default): staged on the GPU when in > out, where the in × in arrays
-        outweigh the weight.
+        step); None (default): staged on the GPU only when syevd's workspace does not fit in
+        the free device memory (``solvers.linalg.syevd_fits``).
     """
 
     rho0: float = 0.1
@@ -194,7 +195,10 @@ def _alps(problem, xp, dtype, cache, precision, use_tf32: bool, o: ALPSOptions) 
     """The ALPS iteration (see the module's docstring), under the matmul ``precision`` context."""
     clock = PhaseClock(xp)
     out, inp = problem.shape
-    staged = (xp is not np and inp > out) if o.staged_eigh is None else bool(o.staged_eigh)
+    if o.staged_eigh is None:  # syevd in one call (faster) unless its workspace does not fit
+        staged = not syevd_fits(inp, o.eig_dtype or (np.float64 if xp is np else dtype), xp)
+    else:
+        staged = bool(o.staged_eigh)
     norm = NormalizedProblem(problem, xp, dtype, cache, eig_dtype=o.eig_dtype, staged_eigh=staged)
     clock.lap("seconds_setup")
     k = norm.kept

@@ -48,6 +48,21 @@ def inverse_cholesky_upper(H, xp):
     return cholesky_lower(H_inv, xp).T
 
 
+SYEVD_WORKSPACE = 4.0  # cuSOLVER syevd's workspace in n² entries (measured: benchmarks/eigh_workspace.py)
+
+
+def syevd_fits(n: int, dtype, xp, margin: float = 1.25) -> bool:
+    """Whether the one-call eigendecomposition's workspace (``SYEVD_WORKSPACE`` · n² entries of
+    ``dtype``, times ``margin``) fits in the device memory free now (the driver's free memory
+    plus what CuPy's pool holds unused). Always True on NumPy."""
+    if xp is np:
+        return True
+    free, _ = xp.cuda.runtime.memGetInfo()
+    pool = xp.get_default_memory_pool()
+    free += pool.total_bytes() - pool.used_bytes()
+    return SYEVD_WORKSPACE * n * n * np.dtype(dtype).itemsize * margin <= free
+
+
 def eigh_inplace(A, xp, staged: bool = False):
     """(λ ascending, Q) with A = Q diag(λ) Qᵀ for symmetric A (n × n), overwriting A where it can.
 
