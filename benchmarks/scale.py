@@ -58,7 +58,7 @@ def build_model(shape: str, blocks: int, tokenizer: str, folder: Path, device: s
 def run_cli(args: list[str]) -> tuple[int, float, float]:
     """(exit status, wall seconds, peak RSS in GB) of ``python -m layerprune.layerwise.cli ARGS``."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "layerprune.layerwise.cli", *args])
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "layerprune.layerwise.cli", *args])  # -P: not the checkout's bare layerprune/ folder
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1e6  # ru_maxrss: KiB on Linux
@@ -77,6 +77,8 @@ def summarize(method: str, log: dict, wall: float, rss_gb: float) -> dict:
         "torch_peak_gib": max((b.get("torch_peak_gib", 0.0) for b in blocks), default=0.0),
         "cupy_pool_gib": max((b.get("cupy_pool_gib", 0.0) for b in blocks), default=0.0),
         "mean_relative_error": log["mean_relative_error"],
+        "last_block_layers": {e["layer"]: [round(e["seconds"], 3), e["iterations"], round(e["relative_error"], 5)]
+                              for e in log["layers"] if e["block"] == blocks[-1]["block"]},
     }
 
 

@@ -54,9 +54,13 @@ SYEVD_WORKSPACE = 4.0  # cuSOLVER syevd's workspace in n² entries (measured: be
 def syevd_fits(n: int, dtype, xp, margin: float = 1.25) -> bool:
     """Whether the one-call eigendecomposition's workspace (``SYEVD_WORKSPACE`` · n² entries of
     ``dtype``, times ``margin``) fits in the device memory free now (the driver's free memory
-    plus what CuPy's pool holds unused). Always True on NumPy."""
+    plus what CuPy's pool holds unused), and its entry count in the 32-bit ``lwork`` of the
+    cuSOLVER call (n ≤ 23170: beyond, syevd_bufferSize answers INVALID_VALUE; measured at
+    n = 28672, Llama-3-70B's down_proj). Always True on NumPy."""
     if xp is np:
         return True
+    if SYEVD_WORKSPACE * n * n >= 2**31:
+        return False
     free, _ = xp.cuda.runtime.memGetInfo()
     pool = xp.get_default_memory_pool()
     free += pool.total_bytes() - pool.used_bytes()

@@ -157,7 +157,7 @@ def test_settings_keep_the_gpu_index_for_the_solver():
 
 
 @pytest.mark.gpu
-def test_cuda_index_runs_torch_and_cupy_on_that_device(require_gpu):
+def test_cuda_index_runs_torch_and_cupy_on_that_device():
     import cupy
 
     from layerprune import LayerProblem, solve
