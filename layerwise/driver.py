@@ -38,10 +38,11 @@ import torch
 from torch import nn
 
 from layerprune.layerwise.blocks import capture_inputs, collect_hessians, run_block
+from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, context_length, find_blocks
 from layerprune.problems import LayerProblem, parse_pattern
-from layerprune.solvers import get_method, solve_many
+from layerprune.solvers import check_options, solve_many
 
 CHECKPOINT_VERSION = 2  # 2: pruned weights only; block inputs are recomputed on resume
 
@@ -70,7 +71,12 @@ class PruneSettings:
     options: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        get_method(self.method)  # ValueError naming the known methods
+        """Check every setting (the method and its options, the pattern, ranges, the devices); fills in an
+        N:M pattern's sparsity. Cheap: call it before loading anything."""
+        try:
+            check_options(self.method, self.options)  # the method, then each option by name, type and range
+        except ValueError as e:
+            raise LayerwiseError(str(e)) from None
         try:
             pat = parse_pattern(self.pattern)
         except ValueError as e:
@@ -86,10 +92,10 @@ class PruneSettings:
         if implied is not None and abs(s - implied) > 1e-9:
             raise LayerwiseError(f"pattern {pat.name} fixes the sparsity at {implied:g}; got sparsity={s:g}")
         self.sparsity = s
-        if self.damping < 0:
-            raise LayerwiseError(f"damping must be ≥ 0, got {self.damping}")
-        if self.batch_size < 1:
-            raise LayerwiseError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        check_at_least("damping", self.damping, 0)
+        check_at_least("batch_size", self.batch_size, 1)
+        check_torch_device(self.device, "--device")
+        check_solver_device(self.solve_device, "--solver-device")
 
     @property
     def solve_device(self) -> str:
@@ -234,12 +240,19 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
                 "target_kept": int(problem.kept),
                 "seconds": float(r.seconds),
                 "iterations": int(r.iterations),
+                "success": bool(r.success),
+                "status": int(r.status),
                 "message": r.message,
             }
             entries.append(entry)
             if on_layer is not None:
                 on_layer(entry)
     return entries
+
+
+def unconverged(layers: list[dict]) -> int:
+    """How many layer entries of a run log did not converge (``success`` False; older logs lack it: converged)."""
+    return sum(1 for e in layers if not e.get("success", True))
 
 
 @contextlib.contextmanager
@@ -305,11 +318,16 @@ def prune_model(
 
     bar = tqdm(range(start, len(blocks)), initial=start, total=len(blocks), unit="block",
                desc=f"{settings.method} {settings.pattern} {settings.sparsity:g}", disable=not progress)
+
+    def on_layer(entry: dict) -> None:
+        layers.append(entry)
+        bar.set_postfix(layer=entry["layer"], rel_err=f"{entry['relative_error']:.4f}",
+                        unconverged=unconverged(layers), refresh=False)
+
     for index in bar:
         with _on_device(blocks[index], device) as block:
             hessians, groups, _ = collect_hessians(block, inputs, device)
-            _solve_block(block, hessians, groups, settings, index,
-                         on_layer=lambda e: (layers.append(e), bar.set_postfix(layer=e["layer"], rel_err=f"{e['relative_error']:.4f}", refresh=False)))
+            _solve_block(block, hessians, groups, settings, index, on_layer=on_layer)
             del hessians
             inputs = run_block(block, inputs)  # the pruned block's outputs feed the next block
         if ckpt is not None:
@@ -328,6 +346,7 @@ def prune_model(
         "block_path": path,
         "layers": layers,
         "mean_relative_error": sum(e["relative_error"] for e in layers) / max(len(layers), 1),
+        "unconverged_layers": unconverged(layers),
         "sparsity": 1.0 - sum(e["kept"] for e in layers) / max(sum(e["shape"][0] * e["shape"][1] for e in layers), 1),
         "seconds": seconds_before + time.perf_counter() - t0,
     }

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from layerprune.layerwise.data import _write_atomic, calibration_segments, evaluation_stream
+from layerprune.layerwise.checks import check_at_least, check_output_file, check_output_folder, check_torch_device
+from layerprune.layerwise.data import _write_atomic, calibration_segments, check_text_source, evaluation_stream
 from layerprune.layerwise.driver import Checkpoint, PruneSettings, check_seqlen, prune_model
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, find_blocks, load_model, resolve_model, save_model
@@ -66,11 +67,15 @@ def run_prune(
     """
     settings = PruneSettings(method=method, sparsity=sparsity, pattern=pattern, damping=damping, device=device,
                              solver_device=solver_device, batch_size=batch_size, options=dict(options or {}))
-    settings.validate()
-    if nsamples < 1:
-        raise LayerwiseError(f"nsamples must be ≥ 1, got {nsamples}")
-    if Path(output).exists() and not Path(output).is_dir():
-        raise LayerwiseError(f"output {str(output)!r} exists and is not a folder")
+    settings.validate()  # method, options, pattern, sparsity, damping, batch size, devices
+    check_at_least("nsamples", nsamples, 1)
+    check_at_least("seqlen", seqlen, 2)
+    check_at_least("eval_tokens", eval_tokens, 2, optional=True)
+    check_text_source(calib, "--calib")
+    if eval_text is not None:
+        check_text_source(eval_text, "--text")
+    check_output_folder(output, "--output")
+    check_output_file(log, "--log")
     resolve_model(model)  # a missing path fails before anything slow
     ckpt = Checkpoint(checkpoint_folder(output))
     ckpt.check_resumable(resume)
@@ -110,6 +115,11 @@ def run_prune(
 def run_eval(model: str, text: str = "wiki-test", *, seqlen: int = 2048, max_tokens: int | None = None,
              device: str = "cpu", batch_size: int = 1, progress: bool = True) -> dict:
     """Perplexity of ``model`` on ``text`` in non-overlapping windows of ``seqlen`` tokens."""
+    check_at_least("seqlen", seqlen, 2)
+    check_at_least("max_tokens", max_tokens, 2, optional=True)
+    check_at_least("batch_size", batch_size, 1)
+    check_torch_device(device, "--device")
+    check_text_source(text, "--text")
     resolve_model(model)
     net, tokenizer = load_model(model)
     check_seqlen(net, seqlen)
@@ -192,8 +202,13 @@ def run_demo(
             runs.append((setting_label(s.sparsity, s.pattern), s))
     if not runs:
         raise LayerwiseError("no methods given")
-    if eval_batch_size < 1:
-        raise LayerwiseError(f"eval_batch_size must be ≥ 1, got {eval_batch_size}")
+    check_at_least("eval_batch_size", eval_batch_size, 1)
+    check_at_least("nsamples", nsamples, 1)
+    check_at_least("seqlen", seqlen, 2)
+    check_at_least("eval_tokens", eval_tokens, 2, optional=True)
+    check_text_source(calib, "--calib")
+    check_text_source(text, "--text")
+    check_output_file(output, "--output")
     resolve_model(model)
     t0 = time.perf_counter()
     net, tokenizer = load_model(model)
