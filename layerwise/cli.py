@@ -68,7 +68,8 @@ class HelpOptions(argparse.Action):
             text = options_help(values)
         except ValueError as e:
             parser.exit(2, f"layerprune: error: {e}\n")
-        parser.exit(0, text + "\n")
+        print(text)
+        parser.exit(0)
 
 
 def _add_help_options(p: argparse.ArgumentParser) -> None:

@@ -200,7 +200,7 @@ def check_grid(problem_dir: str | os.PathLike, methods: Sequence[str], sparsitie
     try:
         resolve_device(device)
     except RuntimeError as e:
-        raise ValueError(f"device {device}: {e}") from None
+        raise ValueError(str(e)) from None
     if Path(output).exists() and not Path(output).is_dir():
         raise ValueError(f"output {os.fspath(output)!r} exists and is not a folder")
     if not Path(problem_dir).exists():
