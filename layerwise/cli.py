@@ -266,7 +266,10 @@ def cmd_solve(a: argparse.Namespace) -> int:
     device = check_solver_device(a.device, "--device")
     check_output_file(a.output, "--output")
     inspect_problem_file(a.problem)
-    problem = LayerProblem.load(a.problem, sparsity=a.sparsity, pattern=a.pattern)
+    try:
+        problem = LayerProblem.load(a.problem, sparsity=a.sparsity, pattern=a.pattern)
+    except ValueError as e:  # a bad array (NaN, not PSD) or a pattern the layer cannot take
+        raise LayerwiseError(f"{a.problem}: {e}") from None
     r = solve(problem, a.method, device=device, **options)
     summary = {
         "problem": a.problem, "name": problem.name, "shape": list(problem.shape), "method": r.method,

@@ -242,13 +242,14 @@ def run_demo(
             row = {"setting": label, "method": s.method, "pattern": s.pattern, "target_sparsity": s.sparsity,
                    "sparsity": run["sparsity"], "perplexity": ppl, "ratio": ppl / dense,
                    "mean_relative_error": run["mean_relative_error"], "prune_seconds": run["seconds"],
-                   "minutes": minutes, "layers": run["layers"]}
+                   "unconverged_layers": run["unconverged_layers"], "minutes": minutes, "layers": run["layers"]}
             result["rows"].append(row)
             result["minutes_total"] = (time.perf_counter() - t0) / 60
             if output is not None:
                 _write_json(output, result)
             echo(f"{label} {s.method}: perplexity {ppl:.2f} (× {ppl / dense:.2f}), mean rel. error "
-                 f"{row['mean_relative_error']:.4f}, pruning {row['prune_seconds']:.1f} s, {minutes:.1f} min")
+                 f"{row['mean_relative_error']:.4f}, pruning {row['prune_seconds']:.1f} s, {minutes:.1f} min"
+                 + (f", {row['unconverged_layers']} layers not converged" if row["unconverged_layers"] else ""))
             _restore(linears, dense_weights)
     finally:
         _restore(linears, dense_weights)  # the caller's model is dense again, also after a failure

@@ -260,7 +260,10 @@ def compare_problems(
     bar.update(sum(1 for k in done if k in grid_keys))
     for path in files:
         name = path.stem
-        base = LayerProblem.load(path)
+        try:
+            base = LayerProblem.load(path)
+        except ValueError as e:  # the header was fine (check_grid), an array is not (NaN, not PSD)
+            raise ValueError(f"{path}: {e}") from None
         base.dense_energy()  # damped H, its float64 copy and tr(ŴHŴᵀ): once per file, shared by every cell
         caches: dict[str, dict] = {m: {} for m in methods}  # one Hessian per file: share factorizations
         bound_cache: dict = {}

@@ -81,6 +81,7 @@ CASES = [
     (None, ["solve", "{objnpz}"], "is not a layerprune problem file", ""),
     (None, ["solve", "{txtnpz}"], "is not a layerprune problem file: not an .npz archive", ""),
     (None, ["solve", "{missing}"], "no problem file", ""),
+    (None, ["solve", "{nanh}"], "nan_hessian.npz: hessian contains NaN", ""),
     (SOLVE, ["--method", "bogus"], "unknown method 'bogus'", ""),
     (SOLVE, ["--device", "cuda"], "pip install 'layerprune[gpu]'", "no-cupy"),
     (SOLVE, ["--device", "tpu"], "--device tpu", ""),
@@ -122,12 +123,16 @@ def make_files(root: Path) -> dict[str, str]:
     good.save(mixed / "good.npz")
     np.savez(mixed / "bad.npz", a=np.array([object()], dtype=object))  # an array file, not a problem
     np.savez(root / "obj.npz", a=np.array([object()], dtype=object))
+    H = np.eye(16)
+    H[0, 0] = np.nan  # the header is a problem file's; an array is not
+    np.savez(root / "nan_hessian.npz", weight=np.ones((8, 16)), hessian=H,
+             metadata=np.array('{"format_version": 1, "sparsity": 0.5, "pattern": "unstructured"}'))
     (root / "text.npz").write_text("not an archive")
     (root / "a_file").write_text("x")
     (root / "a_dir").mkdir()
     return {"model": str(root / "tiny"), "text": str(root / "text.txt"), "probs": str(probs),
             "good": str(probs / "good.npz"), "mixed": str(mixed), "emptydir": str(empty),
-            "objnpz": str(root / "obj.npz"), "txtnpz": str(root / "text.npz"), "file": str(root / "a_file"),
+            "objnpz": str(root / "obj.npz"), "nanh": str(root / "nan_hessian.npz"), "txtnpz": str(root / "text.npz"), "file": str(root / "a_file"),
             "dir": str(root / "a_dir"), "missing": str(root / "no_such_thing.txt"), "out": str(root / "out")}
 
 
