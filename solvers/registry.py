@@ -140,6 +140,8 @@ def _run(problem, method: str, device, dtype, cache: dict | None, options: dict)
     entry = get_method(method)
     opts = check_options(method, options)
     dev = resolve_device(device)
+    if dev == "cuda" and not entry.gpu:
+        raise ValueError(f"method {method!r} runs on NumPy only: use device='cpu'")
     xp = xp_for(dev)
     work_dtype = np.dtype(dtype or np.float32)
     if work_dtype.kind != "f":
