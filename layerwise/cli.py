@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse's own errors (one line, see Parser), --help, --help-options
-        return e.code if isinstance(e.code, int) else 2
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 2
     from layerprune.layerwise.threads import limit_threads
 
     try:
