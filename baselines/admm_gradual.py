@@ -16,16 +16,38 @@ intermediate N:M sparsity). The answer is the last Z (feasible by construction).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from layerprune.solvers.normalized import NormalizedProblem, ShiftedInverse
+from layerprune.solvers.options import MethodOptions
 from layerprune.solvers.registry import register
 from layerprune.solvers.result import MethodOutput
 
 
-@register("admm_gradual")
-def admm_gradual(problem, xp, dtype, cache, rho: float = 1.0, iterations: int = 20, ramp: int = 15) -> MethodOutput:
-    """Options: rho (fixed penalty, 1.0), iterations (20), ramp (steps of the cubic sparsity ramp, 15)."""
-    if not 1 <= ramp <= iterations:
-        raise ValueError(f"admm_gradual needs 1 ≤ ramp ≤ iterations, got ramp={ramp}, iterations={iterations}")
+@dataclass(frozen=True)
+class ADMMGradualOptions(MethodOptions):
+    """Gradual-mask ADMM's options.
+
+    rho : the fixed penalty ρ (1.0).
+    iterations : ADMM steps (20).
+    ramp : steps of the cubic sparsity ramp, 1 ≤ ramp ≤ iterations (15).
+    """
+
+    rho: float = 1.0
+    iterations: int = 20
+    ramp: int = 15
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require(self.rho > 0, "rho", "> 0")
+        self.require(self.iterations >= 1, "iterations", "≥ 1")
+        self.require(1 <= self.ramp <= self.iterations, "ramp", f"in [1, iterations={self.iterations}]")
+
+
+@register("admm_gradual", options=ADMMGradualOptions, stack_safe=True, needs_hessian=True)
+def admm_gradual(problem, xp, dtype, cache, options: ADMMGradualOptions) -> MethodOutput:
+    """Gradual-mask ADMM on ``problem`` with ``options`` (:class:`ADMMGradualOptions`)."""
+    rho, iterations, ramp = options.rho, options.iterations, options.ramp
     norm = NormalizedProblem(problem, xp, dtype, cache)
     gradual = problem.pattern.kind != "nm"
     inverse = ShiftedInverse(norm, rho)  # ρ is fixed: the explicit inverse is formed once if in ≤ out

@@ -14,10 +14,27 @@ multiple of M, at least M, so that blocks hold whole groups).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from layerprune.problems.patterns import top_k_per_row
 from layerprune.solvers.linalg import inverse_cholesky_upper
+from layerprune.solvers.options import MethodOptions
 from layerprune.solvers.registry import register
 from layerprune.solvers.result import MethodOutput
+
+
+@dataclass(frozen=True)
+class SparseGPTOptions(MethodOptions):
+    """SparseGPT's options.
+
+    blocksize : columns per lazy-update block (128; N:M rounds it down to a multiple of M).
+    """
+
+    blocksize: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require(self.blocksize >= 1, "blocksize", "≥ 1")
 
 
 def _split_by_width(total: int, edges: list[int], width: int) -> list[int]:
@@ -26,11 +43,10 @@ def _split_by_width(total: int, edges: list[int], width: int) -> list[int]:
     return [c - p for c, p in zip(cum, [0] + cum[:-1])]
 
 
-@register("sparsegpt")
-def sparsegpt(problem, xp, dtype, cache, blocksize: int = 128, **options) -> MethodOutput:
-    """Options: blocksize (columns per lazy-update block, default 128)."""
-    if options:
-        raise TypeError(f"sparsegpt got unknown options {sorted(options)}; it takes blocksize")
+@register("sparsegpt", options=SparseGPTOptions, needs_hessian=True)
+def sparsegpt(problem, xp, dtype, cache, options: SparseGPTOptions) -> MethodOutput:
+    """SparseGPT on ``problem`` with ``options`` (:class:`SparseGPTOptions`)."""
+    blocksize = options.blocksize
     W = problem.weight.astype(dtype).copy()
     out, inp = W.shape
     if "sparsegpt_U" not in cache:
@@ -39,8 +55,6 @@ def sparsegpt(problem, xp, dtype, cache, blocksize: int = 128, **options) -> Met
     pattern, s = problem.pattern, problem.sparsity
     keep = xp.zeros((out, inp), dtype=bool)
 
-    if blocksize < 1:
-        raise ValueError(f"sparsegpt blocksize must be ≥ 1, got {blocksize}")
     if pattern.kind == "nm":
         # Blocks must hold whole N:M groups, or groups straddle blocks and the
         # per-block group choice (at local i % M == 0) misses the layer's groups.

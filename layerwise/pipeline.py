@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from layerprune.layerwise.data import _write_atomic, calibration_segments, evaluation_stream
+from layerprune.layerwise.checks import check_at_least, check_output_file, check_output_folder, check_torch_device
+from layerprune.layerwise.data import _write_atomic, calibration_segments, check_text_source, evaluation_stream
 from layerprune.layerwise.driver import Checkpoint, PruneSettings, check_seqlen, prune_model
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.lazy import open_model, parse_dtype, save_sharded
@@ -74,11 +75,15 @@ def run_prune(
     """
     settings = PruneSettings(method=method, sparsity=sparsity, pattern=pattern, damping=damping, device=device,
                              solver_device=solver_device, batch_size=batch_size, options=dict(options or {}))
-    settings.validate()
-    if nsamples < 1:
-        raise LayerwiseError(f"nsamples must be ≥ 1, got {nsamples}")
-    if Path(output).exists() and not Path(output).is_dir():
-        raise LayerwiseError(f"output {str(output)!r} exists and is not a folder")
+    settings.validate()  # method, options, pattern, sparsity, damping, batch size, devices
+    check_at_least("nsamples", nsamples, 1)
+    check_at_least("seqlen", seqlen, 2)
+    check_at_least("eval_tokens", eval_tokens, 2, optional=True)
+    check_text_source(calib, "--calib")
+    if eval_text is not None:
+        check_text_source(eval_text, "--text")
+    check_output_folder(output, "--output")
+    check_output_file(log, "--log")
     torch_dtype = parse_dtype(dtype)
     resolve_model(model)  # a missing path fails before anything slow
     ckpt = Checkpoint(checkpoint_folder(output))
@@ -128,6 +133,11 @@ def run_eval(model: str, text: str = "wiki-test", *, seqlen: int = 2048, max_tok
              progress: bool = True) -> dict:
     """Perplexity of ``model`` on ``text`` in non-overlapping windows of ``seqlen`` tokens (an HF
     safetensors folder block by block unless ``stream=False``)."""
+    check_at_least("seqlen", seqlen, 2)
+    check_at_least("max_tokens", max_tokens, 2, optional=True)
+    check_at_least("batch_size", batch_size, 1)
+    check_torch_device(device, "--device")
+    check_text_source(text, "--text")
     torch_dtype = parse_dtype(dtype)
     resolve_model(model)
     net, tokenizer = open_model(model, torch_dtype, stream=stream)
@@ -211,8 +221,13 @@ def run_demo(
             runs.append((setting_label(s.sparsity, s.pattern), s))
     if not runs:
         raise LayerwiseError("no methods given")
-    if eval_batch_size < 1:
-        raise LayerwiseError(f"eval_batch_size must be ≥ 1, got {eval_batch_size}")
+    check_at_least("eval_batch_size", eval_batch_size, 1)
+    check_at_least("nsamples", nsamples, 1)
+    check_at_least("seqlen", seqlen, 2)
+    check_at_least("eval_tokens", eval_tokens, 2, optional=True)
+    check_text_source(calib, "--calib")
+    check_text_source(text, "--text")
+    check_output_file(output, "--output")
     resolve_model(model)
     t0 = time.perf_counter()
     net, tokenizer = load_model(model)
@@ -246,13 +261,14 @@ def run_demo(
             row = {"setting": label, "method": s.method, "pattern": s.pattern, "target_sparsity": s.sparsity,
                    "sparsity": run["sparsity"], "perplexity": ppl, "ratio": ppl / dense,
                    "mean_relative_error": run["mean_relative_error"], "prune_seconds": run["seconds"],
-                   "minutes": minutes, "layers": run["layers"]}
+                   "unconverged_layers": run["unconverged_layers"], "minutes": minutes, "layers": run["layers"]}
             result["rows"].append(row)
             result["minutes_total"] = (time.perf_counter() - t0) / 60
             if output is not None:
                 _write_json(output, result)
             echo(f"{label} {s.method}: perplexity {ppl:.2f} (× {ppl / dense:.2f}), mean rel. error "
-                 f"{row['mean_relative_error']:.4f}, pruning {row['prune_seconds']:.1f} s, {minutes:.1f} min")
+                 f"{row['mean_relative_error']:.4f}, pruning {row['prune_seconds']:.1f} s, {minutes:.1f} min"
+                 + (f", {row['unconverged_layers']} layers not converged" if row["unconverged_layers"] else ""))
             _restore(linears, dense_weights)
     finally:
         _restore(linears, dense_weights)  # the caller's model is dense again, also after a failure

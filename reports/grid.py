@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from layerprune.problems import LayerProblem, parse_pattern
+from layerprune.problems.files import inspect_problem_file
 from layerprune.reports.bounds import LowerBound, lower_bound
 
 COLUMNS = [
@@ -173,6 +174,43 @@ def grid_cells(sparsities: Iterable[float], patterns: Iterable[str]) -> list[tup
     return cells
 
 
+def check_grid(problem_dir: str | os.PathLike, methods: Sequence[str], sparsities: Sequence[float],
+               patterns: Sequence[str], output: str | os.PathLike, device: str | None = None,
+               method_options: dict[str, dict] | None = None) -> list[Path]:
+    """Everything :func:`compare_problems` is given, checked before any solve; returns the problem files.
+
+    Each method is registered and its options valid, each sparsity in [0, 1), each pattern parses,
+    the solver device is usable, ``output`` is not a file, and every ``.npz`` of the folder is a
+    problem file (its header: :func:`~layerprune.problems.files.inspect_problem_file`).
+    Raises ValueError (FileNotFoundError for a missing or empty folder) naming the bad input.
+    """
+    from layerprune.problems.backend import resolve_device
+    from layerprune.solvers import check_options
+
+    if not methods:
+        raise ValueError("no methods given")
+    for m in methods:
+        check_options(m, (method_options or {}).get(m))
+    for s in sparsities:
+        if not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {s!r}")
+    if not patterns:
+        raise ValueError("no patterns given")
+    grid_cells(sparsities, patterns)  # each pattern parses
+    try:
+        resolve_device(device)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+    if Path(output).exists() and not Path(output).is_dir():
+        raise ValueError(f"output {os.fspath(output)!r} exists and is not a folder")
+    if not Path(problem_dir).exists():
+        raise FileNotFoundError(f"problem folder {os.fspath(problem_dir)!r} does not exist")
+    files = problem_files(problem_dir)
+    for f in files:
+        inspect_problem_file(f)
+    return files
+
+
 def compare_problems(
     problem_dir: str | os.PathLike,
     methods: Sequence[str],
@@ -200,14 +238,12 @@ def compare_problems(
     from layerprune import solve
 
     methods = [m.strip() for m in methods if m.strip()]
-    if not methods:
-        raise ValueError("no methods given")
+    files = check_grid(problem_dir, methods, sparsities, patterns, output, device, method_options)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     if save_weights:
         (out / "weights").mkdir(exist_ok=True)
     csv_path = out / "results.csv"
-    files = problem_files(problem_dir)
     cells = grid_cells(sparsities, patterns)
     options = method_options or {}
 
@@ -224,7 +260,10 @@ def compare_problems(
     bar.update(sum(1 for k in done if k in grid_keys))
     for path in files:
         name = path.stem
-        base = LayerProblem.load(path)
+        try:
+            base = LayerProblem.load(path)
+        except ValueError as e:  # the header was fine (check_grid), an array is not (NaN, not PSD)
+            raise ValueError(f"{path}: {e}") from None
         base.dense_energy()  # damped H, its float64 copy and tr(ŴHŴᵀ): once per file, shared by every cell
         caches: dict[str, dict] = {m: {} for m in methods}  # one Hessian per file: share factorizations
         bound_cache: dict = {}

@@ -1,6 +1,17 @@
 """Solvers: ``solve(problem, method=...)``, the registry, ALPS and the array backend."""
 
-from layerprune.solvers.registry import available_methods, get_method, register, solve, solve_many
-from layerprune.solvers.result import MethodOutput, SolveResult
+from layerprune.solvers.options import MethodOptions, OptionError
+from layerprune.solvers.registry import (
+    Method,
+    available_methods,
+    check_options,
+    get_method,
+    options_help,
+    register,
+    solve,
+    solve_many,
+)
+from layerprune.solvers.result import STATUS, MethodOutput, SolveResult
 
-__all__ = ["MethodOutput", "SolveResult", "available_methods", "get_method", "register", "solve", "solve_many"]
+__all__ = ["STATUS", "Method", "MethodOptions", "MethodOutput", "OptionError", "SolveResult", "available_methods",
+           "check_options", "get_method", "options_help", "register", "solve", "solve_many"]

@@ -30,7 +30,7 @@ or go through the problem's H when there is none (``NormalizedProblem.hn_operato
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,9 +40,10 @@ from layerprune.problems.patterns import StackedPattern
 from layerprune.solvers.linalg import syevd_fits
 from layerprune.solvers.local_search import move_search, swap_search
 from layerprune.solvers.normalized import NormalizedProblem, ShiftedInverse
+from layerprune.solvers.options import MethodOptions, OptionError
 from layerprune.solvers.pcg import masked_pcg
 from layerprune.solvers.registry import register
-from layerprune.solvers.result import MethodOutput
+from layerprune.solvers.result import CONVERGED, ITERATION_CAP, REFIT_NOT_CONVERGED, SUPPORT_FROZEN, MethodOutput
 
 
 def pcg_refit(norm: NormalizedProblem, X, mask, Hn, before: float, tol: float | None, max_iter: int):
@@ -66,7 +67,7 @@ def pcg_refit(norm: NormalizedProblem, X, mask, Hn, before: float, tol: float | 
 
 
 @dataclass(frozen=True)
-class ALPSOptions:
+class ALPSOptions(MethodOptions):
     """ALPS's options, with the paper's defaults (``solve(problem, "alps", **options)``).
 
     rho0 : initial penalty ρ₀ (0.1).
@@ -91,6 +92,8 @@ class ALPSOptions:
         row), i.e. on small problems, where it costs little; at most ``local_search_swaps`` swaps per
         row, or that many moves per row on average. True on SmolLM2's layers lowers the error by
         1–9 % at seconds to minutes per layer on a CPU (BENCHMARKS.md).
+    local_search_budget : the out · k² · in below which ``local_search=None`` searches (1e7).
+    local_search_swaps : the most swaps per row (or moves per row on average) of the local search (50).
     explicit_inverse : form (Hn + ρI)⁻¹ (in × in) at each ρ, or apply it through Q twice
         (``solvers.normalized.ShiftedInverse``); None (default): explicit when in ≤ out. Without
         the explicit inverse the refit's products go through the problem's H (no in × in buffer).
@@ -120,15 +123,33 @@ class ALPSOptions:
     explicit_inverse: bool | None = None
     staged_eigh: bool | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require(self.rho0 > 0, "rho0", "> 0")
+        self.require(self.max_iter >= 1, "max_iter", "≥ 1")
+        self.require(self.check_every >= 1, "check_every", "≥ 1")
+        self.require(self.rho_max >= self.rho0, "rho_max", f"≥ rho0 ({self.rho0:g})")
+        self.require(self.early_stop_after >= 0, "early_stop_after", "≥ 0")
+        self.require(self.early_stop_change >= 0, "early_stop_change", "≥ 0")
+        self.require(self.max_restarts >= 0, "max_restarts", "≥ 0")
+        self.require(self.refit_tol is None or self.refit_tol > 0, "refit_tol", "> 0 or null")
+        self.require(self.refit_max_iter >= 0, "refit_max_iter", "≥ 0")
+        self.require(all(f >= 1 for f in self.rho_factors), "rho_factors", "three factors ≥ 1")
+        self.require(self.local_search_budget >= 0, "local_search_budget", "≥ 0")
+        self.require(self.local_search_swaps >= 0, "local_search_swaps", "≥ 0")
+        if self.eig_dtype is not None:
+            try:
+                kind = np.dtype(self.eig_dtype).kind
+            except TypeError:
+                kind = ""
+            if kind != "f":
+                raise OptionError(f"option eig_dtype must be a floating dtype such as 'float64', got {self.eig_dtype!r}")
 
-@register("alps")
-def alps(problem, xp, dtype, cache, **options: Any) -> MethodOutput:
-    """ALPS on ``problem``; ``options`` are the fields of :class:`ALPSOptions` (paper defaults)."""
-    names = {f.name for f in fields(ALPSOptions)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise TypeError(f"alps got unknown option(s) {unknown}; the options are {sorted(names)}")
-    opts = ALPSOptions(**options)
+
+@register("alps", options=ALPSOptions, stackable=True, stack_safe=True, needs_hessian=True, gpu=True)
+def alps(problem, xp, dtype, cache, options: ALPSOptions) -> MethodOutput:
+    """ALPS on ``problem`` with ``options`` (:class:`ALPSOptions`, the paper's defaults)."""
+    opts = options
     use_tf32 = bool(opts.tf32) and xp is not np and dtype == np.float32
     with matmul_precision(xp, "tf32" if use_tf32 else "float32") as precision:
         return _alps(problem, xp, dtype, cache, precision, use_tf32, opts)
@@ -219,6 +240,7 @@ def _alps(problem, xp, dtype, cache, precision, use_tf32: bool, o: ALPSOptions) 
     mask_at_check = mask
     history: list[dict] = []
     message = f"iteration cap ({o.max_iter}) reached"
+    status = ITERATION_CAP
     it = 0
     while it < o.max_iter:
         it += 1
@@ -235,10 +257,10 @@ def _alps(problem, xp, dtype, cache, precision, use_tf32: bool, o: ALPSOptions) 
         history.append(entry)
         if changed == 0:
             if rose:
-                message = f"support stable at iteration {it}"
+                message, status = f"support stable at iteration {it}", CONVERGED
                 break
             if restarts >= o.max_restarts:
-                message = f"support frozen from the start after {restarts} restarts"
+                message, status = f"support frozen from the start after {restarts} restarts", SUPPORT_FROZEN
                 break
             entry["restarted"] = True
             rho, restarts = rho / 5.0, restarts + 1  # ρ was too large: restart smaller
@@ -248,6 +270,7 @@ def _alps(problem, xp, dtype, cache, precision, use_tf32: bool, o: ALPSOptions) 
             continue
         if it >= o.early_stop_after and ratio < o.early_stop_change:
             message = f"support change {ratio:.2e} < {o.early_stop_change:g} at iteration {it}"
+            status = CONVERGED
             break
         if use_tf32 and ratio <= 0.005:  # the support has nearly settled: finish in float32
             precision.set("float32")
@@ -280,8 +303,11 @@ def _alps(problem, xp, dtype, cache, precision, use_tf32: bool, o: ALPSOptions) 
             Hn = norm.hn_operator(buffer)
         X, refit_info = pcg_refit(norm, X, mask, Hn, admm_error, o.refit_tol, o.refit_max_iter)
         info.update(refit_info)
+        if not refit_info["refit_converged"]:
+            status = max(status, REFIT_NOT_CONVERGED)
+            message += f"; refit not converged after {refit_info['refit_iterations']} PCG iterations"
         clock.lap("seconds_refit")
     info.update(clock.laps)
     X = norm.unscale(X, out=X)
     X *= mask
-    return MethodOutput(X, mask, iterations=it, history=history, message=message, info=info)
+    return MethodOutput(X, mask, iterations=it, history=history, message=message, info=info, status=status)

@@ -1,9 +1,11 @@
 """One entry point, ``solve(problem, method=...)``, and the method registry.
 
-A method is a function ``fn(problem, xp, dtype, cache, **options) -> MethodOutput``
-working on ``problem``'s arrays already moved to backend ``xp``. The harness
-here times it, checks feasibility and scores it with ``problem.objective``, so
-every method is judged by the same code.
+A method is a function ``fn(problem, xp, dtype, cache, options) -> MethodOutput``
+working on ``problem``'s arrays already moved to backend ``xp``, registered with
+its options class (a frozen :class:`~layerprune.solvers.options.MethodOptions`)
+and its capabilities (:class:`Method`). The harness here checks the options
+before any work, times the method, checks feasibility and scores it with
+``problem.objective``, so every method is judged by the same code.
 """
 
 from __future__ import annotations
@@ -11,22 +13,48 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from layerprune.problems.backend import device_scope, resolve_device, synchronize, to_numpy, to_xp, xp_for
-from layerprune.solvers.result import MethodOutput, SolveResult
+from layerprune.solvers.options import MethodOptions, build_options, describe_options
+from layerprune.solvers.result import MethodOutput, SolveResult, status_ok
 
-_METHODS: dict[str, Callable[..., MethodOutput]] = {}
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: its function, its options class and what it can do.
+
+    stackable : ``solve_many`` stacks a small group of layers sharing one H into one solve by default.
+    stack_safe : keeps each layer's own count when layers are stacked (``StackedPattern``).
+    needs_hessian : reads the full H (False: only diag H, or nothing).
+    gpu : runs on CuPy arrays as well as NumPy.
+    """
+
+    name: str
+    fn: Callable[..., MethodOutput]
+    options: type = MethodOptions
+    stackable: bool = False
+    stack_safe: bool = False
+    needs_hessian: bool = True
+    gpu: bool = True
+
+
+_METHODS: dict[str, Method] = {}
 _PROVIDERS = ("layerprune.solvers.alps", "layerprune.baselines")
 
 
-def register(name: str) -> Callable:
-    """Decorator: make ``fn`` available as ``solve(..., method=name)``."""
+def register(name: str, *, options: type = MethodOptions, stackable: bool = False, stack_safe: bool = False,
+             needs_hessian: bool = True, gpu: bool = True) -> Callable:
+    """Decorator: make ``fn`` available as ``solve(..., method=name)``, with its options class and capabilities."""
+    if not (isinstance(options, type) and issubclass(options, MethodOptions)):
+        raise TypeError(f"register({name!r}): options must be a MethodOptions dataclass, got {options!r}")
 
     def deco(fn: Callable[..., MethodOutput]) -> Callable[..., MethodOutput]:
-        _METHODS[name] = fn
+        _METHODS[name] = Method(name, fn, options, stackable=stackable, stack_safe=stack_safe,
+                                needs_hessian=needs_hessian, gpu=gpu)
         return fn
 
     return deco
@@ -42,12 +70,27 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def get_method(name: str) -> Callable[..., MethodOutput]:
+def get_method(name: str) -> Method:
+    """The registered :class:`Method` ``name``; ValueError naming the known ones otherwise."""
     _load_providers()
     try:
         return _METHODS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}") from None
+
+
+def check_options(method: str, options: dict | MethodOptions | None = None) -> MethodOptions:
+    """``method``'s options dataclass built from ``options``, or :class:`OptionError` (a ValueError)
+    naming the bad one: an unknown name (with a close match and the method's options listed),
+    a wrong type or an out-of-range value. Costs nothing: call it before loading anything."""
+    entry = get_method(method)
+    return build_options(method, entry.options, options)
+
+
+def options_help(method: str) -> str:
+    """``method``'s options with their types, defaults and docs (``layerprune solve --help-options``)."""
+    entry = get_method(method)
+    return describe_options(method, entry.options)
 
 
 def solve(
@@ -69,9 +112,10 @@ def solve(
         instead of NumPy.
     cache : a dict shared across calls on layers with the same Hessian (q/k/v, gate/up)
         so factorizations are computed once; see :func:`solve_many`.
-    options : passed to the method (see each method's docstring).
+    options : the method's options (the fields of its options class, e.g. ``ALPSOptions``),
+        checked before any work (:func:`check_options`).
     """
-    dev = resolve_device(device)
+    dev = _checked_device(method, options, device)
     with device_scope(dev):
         p, out, weight, mask, seconds = _run(problem, method, dev, dtype, cache, options)
         scored = _scored(p, problem, weight, mask, keep_array_type)
@@ -85,7 +129,19 @@ def solve(
         device=dev,
         message=out.message,
         info=out.info,
+        success=status_ok(out.status),
+        status=int(out.status),
     )
+
+
+def _checked_device(method: str, options: dict, device: str | None) -> str:
+    """The resolved device for ``method``, after its options are checked (both before any work)."""
+    entry = get_method(method)
+    check_options(method, options)
+    dev = resolve_device(device)
+    if dev.startswith("cuda") and not entry.gpu:
+        raise ValueError(f"method {method!r} runs on NumPy only: use device='cpu'")
+    return dev
 
 
 def _run(problem, method: str, dev: str, dtype, cache: dict | None, options: dict):
@@ -95,7 +151,8 @@ def _run(problem, method: str, dev: str, dtype, cache: dict | None, options: dic
 
     if not isinstance(problem, LayerProblem):
         raise TypeError(f"solve() takes a LayerProblem, got {type(problem).__name__}")
-    fn = get_method(method)
+    entry = get_method(method)
+    opts = check_options(method, options)
     xp = xp_for(dev)
     work_dtype = np.dtype(dtype or np.float32)
     if work_dtype.kind != "f":
@@ -103,7 +160,7 @@ def _run(problem, method: str, dev: str, dtype, cache: dict | None, options: dic
     p = problem.on(xp)
     synchronize(xp)
     t0 = time.perf_counter()
-    out = fn(p, xp=xp, dtype=work_dtype, cache={} if cache is None else cache, **options)
+    out = entry.fn(p, xp=xp, dtype=work_dtype, cache={} if cache is None else cache, options=opts)
     synchronize(xp)
     seconds = time.perf_counter() - t0
 
@@ -133,9 +190,8 @@ def _scored(p, problem, weight, mask, keep_array_type: bool) -> dict:
             "sparsity": sparsity}
 
 
-STACKABLE = {"alps"}  # methods that solve layers sharing one H as one stack by default, ...
-STACK_ENTRIES = 1 << 20  # ... when the stack has at most this many weights (BENCHMARKS.md, stacked layers)
-STACK_SAFE = {"alps", "admm_gradual", "magnitude"}  # methods that keep each layer's count in a stack (StackedPattern)
+STACK_ENTRIES = 1 << 20  # a stackable method stacks a group when it has at most this many weights (BENCHMARKS.md)
+_HARNESS = ("cache", "device", "dtype", "keep_array_type")  # solve()'s own arguments, not method options
 
 
 def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **options: Any) -> list[SolveResult]:
@@ -144,9 +200,9 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
     The Hessian's factorization (ALPS's eigendecomposition, SparseGPT's Cholesky factor)
     is computed once. With ``stack`` their rows are stacked into one problem, so each
     ADMM step is one product for all of them; each layer keeps its own constraint (an
-    unstructured count stays per layer: ``StackedPattern``). Default: for ALPS, when the
-    layers share the pattern and sparsity and the stack has at most ``STACK_ENTRIES``
-    weights: there one solve instead of several saves kernel launches (SmolLM2's q/k/v),
+    unstructured count stays per layer: ``StackedPattern``). Default: for a ``stackable``
+    method (ALPS), when the layers share the pattern and sparsity and the stack has at most
+    ``STACK_ENTRIES`` weights: there one solve instead of several saves kernel launches (SmolLM2's q/k/v),
     while on larger stacks it saves no time and holds every layer's buffers at once
     (``stack=False`` solves one layer at a time with the shared factorization).
 
@@ -155,6 +211,8 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
     iterations, history, message and ``info`` (errors, phase times, local-search counts)
     describe the joint solve.
     """
+    entry = get_method(method)
+    check_options(method, {k: v for k, v in options.items() if k not in _HARNESS})  # before any work
     problems = list(problems)
     if not problems:
         return []
@@ -170,13 +228,14 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
     cache: dict = options.pop("cache", None) or {}
     uniform = all(p.pattern == first.pattern and p.sparsity == first.sparsity for p in problems)
     if stack is None:
-        stack = method in STACKABLE and uniform and sum(p.weight.size for p in problems) <= STACK_ENTRIES
+        stack = entry.stackable and uniform and sum(p.weight.size for p in problems) <= STACK_ENTRIES
     if stack and len(problems) > 1:
         if not uniform:
             raise ValueError("stack=True needs layers with one pattern and sparsity")
-        if method not in STACK_SAFE:
+        if not entry.stack_safe:
+            safe = sorted(m.name for m in _METHODS.values() if m.stack_safe)
             raise ValueError(f"stack=True: method {method!r} selects across the whole stack, not per layer; "
-                             f"stacking works with {sorted(STACK_SAFE)}")
+                             f"stacking works with {safe}")
         return _solve_stacked(problems, method, cache, **options)
     return [solve(p, method, cache=cache, **options) for p in problems]
 
@@ -189,7 +248,7 @@ def _solve_stacked(problems, method: str, cache: dict, keep_array_type: bool = F
     first = problems[0]
     joint = first.with_weight(first.xp.concatenate([p.weight for p in problems]), name="+".join(p.name for p in problems))
     joint.pattern = StackedPattern.of(first.pattern, [p.shape[0] for p in problems])  # each layer's own constraint
-    dev = resolve_device(device)
+    dev = _checked_device(method, options, device)
     with device_scope(dev):
         j, out, weight, mask, seconds = _run(joint, method, dev, dtype, cache, options)
         scored, start = [], 0
@@ -204,5 +263,6 @@ def _solve_stacked(problems, method: str, cache: dict, keep_array_type: bool = F
             seconds=seconds * p.shape[0] / joint.shape[0], iterations=int(out.iterations), history=list(out.history),
             method=method, pattern=p.pattern.name, device=dev, message=out.message,
             info={**out.info, "joint_seconds": seconds, "stacked_layers": len(problems)},
+            success=status_ok(out.status), status=int(out.status),
         ))
     return results

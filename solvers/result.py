@@ -1,9 +1,29 @@
-"""`SolveResult` (what every solver returns) and `MethodOutput` (what a method hands the harness)."""
+"""`SolveResult` (what every solver returns) and `MethodOutput` (what a method hands the harness).
+
+Status codes, as scipy's ``OptimizeResult.status``; ``success`` is ``status == CONVERGED``.
+The answer is feasible and scored whatever the status: a code says only how the method ended.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+CONVERGED = 0  # the method finished as designed (ALPS: support settled and refit converged; one-shot methods)
+ITERATION_CAP = 1  # ALPS: the ADMM iteration cap (max_iter) was reached before the support settled
+REFIT_NOT_CONVERGED = 2  # ALPS: the PCG refit stopped at refit_max_iter with its residual above refit_tol
+SUPPORT_FROZEN = 3  # ALPS: the support never moved, even after max_restarts smaller penalties
+STATUS = {
+    CONVERGED: "converged",
+    ITERATION_CAP: "iteration cap reached",
+    REFIT_NOT_CONVERGED: "refit not converged",
+    SUPPORT_FROZEN: "support frozen after all restarts",
+}
+
+
+def status_ok(status: int) -> bool:
+    """``success`` for a status code."""
+    return int(status) == CONVERGED
 
 
 @dataclass
@@ -16,6 +36,7 @@ class MethodOutput:
     history: list = field(default_factory=list)
     message: str = ""
     info: dict = field(default_factory=dict)
+    status: int = CONVERGED  # one of ``STATUS`` (when several apply, the largest)
 
 
 @dataclass
@@ -31,6 +52,9 @@ class SolveResult:
     history : per-check diagnostics (list of dicts)
     message : why the method stopped
     info : method-specific extras (refit iterations, residuals, ρ, …)
+    success : whether the method converged (``status == 0``)
+    status : how it ended, one of ``STATUS`` (0 converged, 1 iteration cap reached,
+        2 refit not converged, 3 support frozen after all restarts)
     """
 
     weight: Any
@@ -46,11 +70,13 @@ class SolveResult:
     device: str
     message: str = ""
     info: dict = field(default_factory=dict)
+    success: bool = True
+    status: int = CONVERGED
 
     def __repr__(self) -> str:
         return (
             f"SolveResult(method={self.method!r}, pattern={self.pattern}, sparsity={self.sparsity:.4f}, "
             f"relative_error={self.relative_error:.5g}, objective={self.objective:.5g}, "
             f"seconds={self.seconds:.3f}, iterations={self.iterations}, device={self.device!r}, "
-            f"message={self.message!r})"
+            f"success={self.success}, status={self.status}, message={self.message!r})"
         )

@@ -88,14 +88,14 @@ def test_grid_results_match_saved_weights_and_report(problems, tmp_path):
 
 
 def _counting_method(calls, fail_at=None, exc=KeyboardInterrupt):
-    def fn(problem, xp, dtype, cache, **options):
+    def fn(problem, xp, dtype, cache, options):
         calls.append(problem.sparsity)
         if fail_at is not None and len(calls) == fail_at:
             raise exc("interrupted")
         keep = problem.pattern.mask(xp.abs(problem.weight), problem.sparsity)
         return MethodOutput(problem.weight * keep, keep, iterations=1)
 
-    return fn
+    return registry.Method("counting", fn)
 
 
 def test_interrupted_grid_keeps_rows_and_resume_skips_them(problems, tmp_path, monkeypatch):
