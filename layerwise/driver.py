@@ -307,7 +307,7 @@ def prune_model(
                desc=f"{settings.method} {settings.pattern} {settings.sparsity:g}", disable=not progress)
     for index in bar:
         with _on_device(blocks[index], device) as block:
-            hessians, groups, _ = collect_hessians(block, inputs, device)
+            hessians, groups, _ = collect_hessians(block, inputs, device, index=index)
             _solve_block(block, hessians, groups, settings, index,
                          on_layer=lambda e: (layers.append(e), bar.set_postfix(layer=e["layer"], rel_err=f"{e['relative_error']:.4f}", refresh=False)))
             del hessians
