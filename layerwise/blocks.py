@@ -181,8 +181,47 @@ def _same_input(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
+def _block_name(index: int | None) -> str:
+    return "the block" if index is None else f"block {index}"
+
+
+def check_finite_parameters(block: nn.Module, index: int | None = None) -> None:
+    """LayerwiseError naming the block and the layer (or parameter) when a weight holds NaN/Inf.
+
+    Checked before the block runs, so a bad weight is named as such rather than seen later as
+    a non-finite activation of the layers after it.
+    """
+    linears = {f"{name}.weight": name for name in block_linears(block)}
+    for pname, param in block.named_parameters():
+        finite = torch.isfinite(param.detach())
+        if not bool(finite.all()):
+            bad = int(finite.numel() - int(finite.sum()))
+            where = f"layer {linears[pname]}" if pname in linears else f"parameter {pname}"
+            raise LayerwiseError(
+                f"non-finite weight (NaN/Inf) in {_block_name(index)}, {where} ({bad} of {param.numel()} entries): "
+                "the model is damaged or was loaded in a dtype that overflows"
+            )
+
+
+def _non_finite_activation(index: int | None, members: list[str], rows: int, inputs: BlockInputs) -> LayerwiseError:
+    """The error for a group whose accumulated H = XᵀX is not finite, with where the NaN/Inf comes from."""
+    block = _block_name(index)
+    shared = f" (the input it shares with {', '.join(members[1:])})" if len(members) > 1 else ""
+    if all(bool(torch.isfinite(h).all()) for h in inputs.hidden):
+        cause = (f"the input of {block} is finite, so it arises inside the block before this layer (an fp16/bf16 "
+                 "overflow, or a NaN from an attention or norm), or XᵀX overflowed float32 (activations ≳ 1e19)")
+    else:
+        source = "the embeddings" if index in (None, 0) else f"the output of block {index - 1}"
+        cause = f"the input of {block} is already non-finite: it comes from {source}"
+    return LayerwiseError(
+        f"non-finite activation (NaN/Inf) in the input of {block}, layer {members[0]}{shared}: "
+        f"H = XᵀX over {rows} rows is not finite; {cause}"
+    )
+
+
 def collect_hessians(
-    block: nn.Module, inputs: BlockInputs, device: str | torch.device, keep_outputs: bool = False, *, share: bool = True
+    block: nn.Module, inputs: BlockInputs, device: str | torch.device, keep_outputs: bool = False, *, share: bool = True,
+    index: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[list[str]], BlockInputs | None]:
     """Each linear's H = XᵀX / n (in × in, float32) from its inputs X (n × in), with forward hooks.
 
@@ -194,7 +233,13 @@ def collect_hessians(
     between mini-batches (it never does for a deterministic forward), or a linear run twice
     in one forward, the pass is repeated with one accumulator per layer (``share=False``),
     which accumulates every call of every linear over all mini-batches.
+
+    ``index`` (the block's number) goes into the errors: a NaN/Inf weight in the block
+    (``check_finite_parameters``), and a non-finite H (one ``isfinite`` per accumulated H at
+    the end, not per batch), which names the first such layer in module order and whether
+    the block's input was already non-finite.
     """
+    check_finite_parameters(block, index)
     linears = block_linears(block)
     accs: dict[str, HessianAccumulator] = {}
     state: dict[str, Any] = {"last": None, "leader": None, "seen": {}, "twice": False}
@@ -239,7 +284,7 @@ def collect_hessians(
         for handle in handles:
             handle.remove()
     if not consistent:
-        return collect_hessians(block, inputs, device, keep_outputs, share=False)
+        return collect_hessians(block, inputs, device, keep_outputs, share=False, index=index)
     leaders = leaders or {}
     missing = [name for name in linears if name not in leaders]
     if missing:
@@ -249,6 +294,8 @@ def collect_hessians(
         groups.setdefault(leaders[name], []).append(name)
     hessians: dict[str, torch.Tensor] = {}
     for leader, members in groups.items():
+        if not accs[leader].is_finite():
+            raise _non_finite_activation(index, members, accs[leader].count, inputs)
         H = accs[leader].hessian() / accs[leader].count
         for name in members:
             hessians[name] = H

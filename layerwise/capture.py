@@ -82,7 +82,7 @@ def capture_problems(
         home = next(block.parameters()).device
         block.to(device)
         if index in chosen:
-            hessians, groups, inputs = collect_hessians(block, inputs, device, keep_outputs=True)
+            hessians, groups, inputs = collect_hessians(block, inputs, device, keep_outputs=True, index=index)
             linears = block_linears(block)
             on_cpu: dict[str, torch.Tensor] = {}
             for group in groups:  # one host copy per distinct input

@@ -375,7 +375,7 @@ def prune_model(
         clock = BlockClock(device)
         with store.on(index, device) as block:
             clock.lap("load")
-            hessians, groups, _ = collect_hessians(block, inputs, device)
+            hessians, groups, _ = collect_hessians(block, inputs, device, index=index)
             clock.lap("hessians")
             _solve_block(block, hessians, groups, settings, index, on_layer=on_layer)
             clock.lap("solve")

@@ -238,3 +238,52 @@ class matmul_precision:
             from cupy._core import _routines_linalg as rl
 
             rl.set_compute_type(np.float32, self._saved)
+
+
+
+class full_float32_matmul:
+    """Context manager: torch's float32 matrix products in full float32 (no TF32, no bf16 passes),
+    and bf16/fp16 products without reduced-precision split-K reductions, whatever the process
+    set, restored on exit.
+
+    ``torch.backends.cuda.matmul.allow_tf32 = True`` or ``torch.set_float32_matmul_precision("high")``
+    make cuBLAS round float32 GEMM inputs to TF32 (10-bit mantissa, ~1e-3 relative error per
+    product), and "medium" lets oneDNN use bf16 on CPUs. torch keeps both a legacy setting
+    (``get_float32_matmul_precision``, which ``allow_tf32`` also writes) and, from 2.9, per-backend
+    ones (``torch.backends.cuda.matmul.fp32_precision``, ``…mkldnn.matmul…``); cuBLAS refuses to
+    run when the two disagree. So inside: ``allow_tf32 = False`` (legacy "highest" and cuda "ieee"
+    together) and oneDNN "ieee"; on exit the legacy value and then the per-backend strings are set
+    back as they were (a legacy value that was unreadable because the process had mixed the two
+    APIs stays "highest").
+    """
+
+    def __enter__(self) -> "full_float32_matmul":
+        import torch
+
+        self._backends = [m for m in (torch.backends.cuda.matmul, getattr(torch.backends.mkldnn, "matmul", None))
+                          if m is not None and hasattr(m, "fp32_precision")]
+        self._saved = [(m, m.fp32_precision) for m in self._backends]
+        try:
+            self._legacy = torch.get_float32_matmul_precision()
+        except RuntimeError:  # the process mixed the legacy and the new API
+            self._legacy = None
+        torch.backends.cuda.matmul.allow_tf32 = False
+        for m in self._backends[1:]:
+            m.fp32_precision = "ieee"
+        matmul = torch.backends.cuda.matmul  # bf16/fp16 GEMMs: no split-K partial sums in the narrow type
+        self._reduced = {k: getattr(matmul, k) for k in self.REDUCED if hasattr(matmul, k)}
+        for k in self._reduced:
+            setattr(matmul, k, False)
+        return self
+
+    REDUCED = ("allow_bf16_reduced_precision_reduction", "allow_fp16_reduced_precision_reduction")
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        for k, value in self._reduced.items():
+            setattr(torch.backends.cuda.matmul, k, value)
+        if self._legacy is not None:
+            torch.set_float32_matmul_precision(self._legacy)
+        for m, value in self._saved:
+            m.fp32_precision = value

@@ -5,6 +5,11 @@
 with Ŵ the dense weight (out × in), H = XᵀX + λI the damped Hessian (in × in),
 λ = damping · mean(diag XᵀX). Every solver minimizes this same function and is
 judged by :meth:`LayerProblem.objective`.
+
+Dead input channels (a zero column of X, so Hⱼⱼ = 0 and, H being PSD, row and column j
+of H are zero) are handled here once, for every method and at any damping, as the
+SparseGPT reference does (``H[dead, dead] = 1; W[:, dead] = 0``): see
+:attr:`LayerProblem.dead_channels`.
 """
 
 from __future__ import annotations
@@ -52,6 +57,23 @@ class LayerProblem:
     pattern : "unstructured", "row" or "N:M".
     damping : relative damping factor; λ = damping · mean(diag H) is added to diag H.
     name : optional label (layer name), kept through save/load.
+
+    Dead input channels (``dead_channels``: bool (in,), Hⱼⱼ == 0 exactly; ``n_dead``):
+      * their weights are pruned: Ŵ[:, dead] is zeroed in ``weight`` (a copy; the caller's array
+        is left alone) and every returned mask excludes them (``drop_dead``). This changes no
+        output: X Ŵᵀ does not read those columns, so it is free, and a kept weight there would
+        spend budget on nothing;
+      * the count is still met by the live entries: the pattern's budget (k per layer, per row
+        or N per group) is filled from the other channels, exactly as SparseGPT's reference does
+        (zeroed columns rank lowest, so its threshold prunes them first and keeps k others). Only
+        where fewer live entries than the budget exist (an N:M group with > M − N dead channels)
+        does the layer end sparser than asked ("at most k" stays feasible);
+      * in the damped Hessian ``hessian`` their rows and columns are zeroed and the diagonal set
+        to the mean diagonal of the live channels (the reference sets 1; any positive value gives
+        the same answer since these channels are decoupled and Ŵ is zero there, and a value on the
+        live scale keeps H's conditioning), then damped as the others. So d = √diag H > 0 for
+        ALPS and the Cholesky factor exists for SparseGPT at damping 0, and a W with zero dead
+        columns has the same objective as without them: f counts only live channels.
     """
 
     def __init__(
@@ -71,6 +93,8 @@ class LayerProblem:
         self.damping = float(damping)
         self.name = str(name)
         self._validate()
+        self._find_dead_channels()
+        self.weight = self.without_dead(self.weight)
         self._damped = None
         self._views: dict = {}
 
@@ -126,6 +150,27 @@ class LayerProblem:
             raise ValueError("weight contains NaN or Inf")
         self.pattern.check_shape(W.shape)
 
+    # -- dead input channels --------------------------------------------------
+    def _find_dead_channels(self) -> None:
+        """``dead_channels`` (bool, in): Hⱼⱼ == 0 exactly, as the SparseGPT reference tests it."""
+        xp = array_module(self.raw_hessian)
+        self.dead_channels = xp.diagonal(self.raw_hessian) == 0
+        self.n_dead = int(self.dead_channels.sum())
+
+    def without_dead(self, W):
+        """W (out × in) with its dead columns zeroed (a copy when there are any, else W itself)."""
+        if not self.n_dead:
+            return W
+        W = W.copy()
+        W[:, to_xp(self.dead_channels, array_module(W))] = 0
+        return W
+
+    def drop_dead(self, mask):
+        """A support (out × in, bool) without the dead channels (``mask`` itself when there are none)."""
+        if not self.n_dead:
+            return mask
+        return mask & ~to_xp(self.dead_channels, array_module(mask))[None, :]
+
     # -- the damped Hessian and the objective ---------------------------------
     @property
     def shape(self) -> tuple[int, int]:
@@ -142,12 +187,19 @@ class LayerProblem:
 
     @property
     def hessian(self):
-        """The damped Hessian H + λI (in × in), the one every solver uses."""
+        """The damped Hessian H + λI (in × in), the one every solver uses (dead channels:
+        rows and columns zero, diagonal the live channels' mean diagonal, then + λ)."""
         if self._damped is None:
             xp = self.xp
             H = self.raw_hessian
             H = (H + H.T) * 0.5
             idx = xp.arange(H.shape[0])
+            if self.n_dead:
+                dead = to_xp(self.dead_channels, xp)
+                fill = float(xp.diagonal(H)[~dead].mean())
+                H[dead, :] = 0
+                H[:, dead] = 0
+                H[idx[dead], idx[dead]] = fill
             H[idx, idx] += self.lam
             self._damped = H
         return self._damped
@@ -222,6 +274,7 @@ class LayerProblem:
             p.__dict__.update(self.__dict__)
             p.weight = to_xp(self.weight, xp)
             p.raw_hessian = to_xp(self.raw_hessian, xp)
+            p.dead_channels = to_xp(self.dead_channels, xp)
             p._damped = None if self._damped is None else to_xp(self._damped, xp)
             p._views = {}
             self._views[key] = p
@@ -251,6 +304,7 @@ class LayerProblem:
         p.weight = to_xp(_as_float_array(weight, "weight"), self.xp)
         p.name = str(name)
         p._validate_weight()
+        p.weight = p.without_dead(p.weight)
         p._damped = self.hessian
         p._views = {"hessian64": self._hessian64()}
         return p

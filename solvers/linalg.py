@@ -6,7 +6,12 @@ is reported as such instead of surfacing as a LinAlgError or NaNs.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+PIVOT_RCOND = 1e-13  # a Cholesky pivot Lⱼⱼ² below this · max diag H: H is singular in float64
+JITTER_START, JITTER_STEP, JITTER_MAX = 1e-10, 100.0, 1e-2  # τ / mean(diag H) for a singular H
 
 
 def _scipy_linalg(xp):
@@ -37,11 +42,14 @@ def cholesky_lower(H, xp):
     return L
 
 
-def inverse_cholesky_upper(H, xp):
-    """U upper triangular with H⁻¹ = Uᵀ U (SparseGPT's factor), float64."""
-    L = cholesky_lower(H, xp)
+def _inverse_factor(H64, xp):
+    """U with H⁻¹ = Uᵀ U for H64 (float64), or ValueError when H64 is singular in float64
+    (a Cholesky fails, gives NaN, or a pivot Lⱼⱼ² < PIVOT_RCOND · max diag H)."""
+    L = cholesky_lower(H64, xp)
+    if float(xp.min(xp.diagonal(L))) ** 2 < PIVOT_RCOND * float(xp.max(xp.diagonal(H64))):
+        raise ValueError("hessian is numerically singular (a Cholesky pivot below 1e-13 · max diag H)")
     sl = _scipy_linalg(xp)
-    eye = xp.eye(H.shape[0], dtype=xp.float64)
+    eye = xp.eye(H64.shape[0], dtype=xp.float64)
     L_inv = sl.solve_triangular(L, eye, lower=True)  # L⁻¹
     H_inv = L_inv.T @ L_inv
     H_inv = (H_inv + H_inv.T) * 0.5
@@ -65,6 +73,46 @@ def syevd_fits(n: int, dtype, xp, margin: float = 1.25) -> bool:
     pool = xp.get_default_memory_pool()
     free += pool.total_bytes() - pool.used_bytes()
     return SYEVD_WORKSPACE * n * n * np.dtype(dtype).itemsize * margin <= free
+
+
+def inverse_cholesky_upper(H, xp, jitter: bool = True):
+    """U upper triangular with H⁻¹ = Uᵀ U (SparseGPT's factor), float64.
+
+    A singular H (damping 0 with fewer calibration rows than inputs) or a numerically singular
+    one (cond ≳ 1e13) has no usable factor: the SparseGPT reference fails there. With
+    ``jitter`` the factor of H + τI is returned instead, τ = 1e-10 · mean(diag H) at first and
+    ×100 per failure up to 1e-2 · mean(diag H), with a RuntimeWarning naming τ (the solution is
+    still scored on the problem's own H). ValueError without ``jitter`` or when that fails too.
+    An H whose float64 Cholesky pivots stay above 1e-13 · max diag H (any damped H; at damping 0
+    e.g. a float64 H of cond 1e12) is factored as given, exactly the reference's factor.
+    """
+    H64 = H.astype(xp.float64)
+    try:
+        return _inverse_factor(H64, xp)
+    except ValueError as exc:
+        if not jitter:
+            raise
+        first = exc
+    mean_diag = float(xp.diagonal(H64).mean())
+    rel = JITTER_START
+    while rel <= JITTER_MAX * (1 + 1e-9):
+        tau = rel * mean_diag
+        shifted = H64.copy()
+        idx = xp.arange(H64.shape[0])
+        shifted[idx, idx] += tau
+        try:
+            U = _inverse_factor(shifted, xp)
+        except ValueError:
+            rel *= JITTER_STEP
+            continue
+        warnings.warn(
+            f"hessian is singular or numerically so at this damping ({first}); the Cholesky factor of "
+            f"H + τI was used, τ = {rel:.0e} · mean(diag H) = {tau:.3g}; use damping > 0 (e.g. 0.01)",
+            RuntimeWarning, stacklevel=2,
+        )
+        return U
+    raise ValueError(f"hessian is singular at this damping and stays so with a jitter of {JITTER_MAX:g} · mean(diag H) "
+                     f"({first}); use damping > 0 (e.g. 0.01)") from first
 
 
 def eigh_inplace(A, xp, staged: bool = False):
@@ -113,9 +161,14 @@ def normalized_eigh(H, xp, psd_tol: float = 1e-6, dtype=None, staged: bool = Fal
     Returns (d, λ, Q); Hn itself is not kept (callers re-form it from Q and λ, or use H, when
     needed): on the GPU the decomposition overwrites the normalized copy (``eigh_inplace``),
     so the setup holds one in × in array plus cuSOLVER's workspace (``staged``: see ``eigh_inplace``).
-    Raises ValueError when Hn has an eigenvalue below −psd_tol·max λ (not PSD).
+    Raises ValueError when Hn has an eigenvalue below −tol·max λ (not PSD), tol = max(psd_tol,
+    n·ε) with ε the coarser of H's and the decomposition's precision: a PSD but singular H (damping
+    0, fewer samples than inputs) comes back from a float32 H or a float32 eigh with eigenvalues
+    of order −n·ε·max λ that are rounding, not a wrong input; they are clipped to 0.
     """
     dtype = np.dtype(dtype or np.float64)
+    eps = max(float(np.finfo(dtype).eps), float(np.finfo(H.dtype).eps) if H.dtype.kind == "f" else 0.0)
+    psd_tol = max(psd_tol, H.shape[0] * eps)
     Hn = H.astype(dtype, order="C", copy=True)
     diag = xp.diagonal(Hn).copy()
     if bool((diag <= 0).any()):

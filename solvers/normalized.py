@@ -15,6 +15,9 @@ temporaries stay a fraction of the weight's size.
 The eigendecomposition runs in float64 on the CPU and in the working precision
 on the GPU (cuSOLVER float32; ``eig_dtype`` overrides), where float64 would
 double the memory of the largest arrays for no change in the chosen support.
+Dead input channels (``LayerProblem.dead_channels``: decoupled, Ŵ zero there) stay zero:
+their columns are zeroed before every projection and in ``unscale``, so the rounding of
+Q diag(·) Qᵀ cannot leak a tiny value into them.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class NormalizedProblem:
         self.kept = max(problem.kept, 1)
         self.d, self.lam, self.Q = d.astype(dtype), lam.astype(dtype), Q.astype(dtype, copy=False)
         self._weight = problem.weight
+        self.dead = xp.asarray(problem.dead_channels) if problem.n_dead else None  # bool (in,) or None
         H = problem.hessian
         self._H = H if problem.xp is xp and H.dtype == dtype else None  # usable for products with Hn
         self.blocks = row_blocks(*problem.shape)
@@ -88,13 +92,20 @@ class NormalizedProblem:
             out[r] = self.B_rows(r)
         return out
 
+    def zero_dead(self, A):
+        """A's dead-channel columns set to 0, in place (A itself)."""
+        if self.dead is not None:
+            A[:, self.dead] = 0
+        return A
+
     def project(self, Z, sparsity: float | None = None):
-        """(P(Z), mask): keep the largest |Z| the pattern allows."""
-        return self.pattern.project(Z, self.sparsity if sparsity is None else sparsity)
+        """(P(Z), mask): keep the largest |Z| the pattern allows (Z's dead columns zeroed first)."""
+        return self.pattern.project(self.zero_dead(Z), self.sparsity if sparsity is None else sparsity)
 
     def projection_mask(self, Z, scratch):
-        """Support of P(Z) at the problem's sparsity; ``scratch`` (Z's shape) is overwritten."""
-        return self.pattern.projection_mask(Z, self.sparsity, scratch)
+        """Support of P(Z) at the problem's sparsity (Z's dead columns zeroed first, in place);
+        ``scratch`` (Z's shape) is overwritten."""
+        return self.pattern.projection_mask(self.zero_dead(Z), self.sparsity, scratch)
 
     def mask(self, scores, sparsity: float | None = None):
         return self.pattern.mask(scores, self.sparsity if sparsity is None else sparsity)
@@ -146,8 +157,8 @@ class NormalizedProblem:
         return total / self.energy
 
     def unscale(self, X, out=None):
-        """Back to the layer's coordinates: W = X D⁻¹ (into ``out`` if given, e.g. X itself)."""
-        return self.xp.divide(X, self.d[None, :], out=out)
+        """Back to the layer's coordinates: W = X D⁻¹ (into ``out`` if given, e.g. X itself), dead columns 0."""
+        return self.zero_dead(self.xp.divide(X, self.d[None, :], out=out))
 
 
 class ShiftedInverse:

@@ -71,12 +71,12 @@ def masked_pcg(Hn, G, mask, X0, xp, tol: float = 1e-6, max_iter: int = 200, inpl
             APr = times_hn(Pr, AP[: Pr.shape[0]])
             APr *= mask[r]
             pAp = _row_dots(Pr, APr, xp)
-            alpha = xp.where(pAp > tiny, rzr / xp.maximum(pAp, tiny), 0.0).astype(G.dtype)[:, None]
+            alpha = xp.where(pAp > tiny, rzr / xp.where(pAp > tiny, pAp, 1.0), 0.0).astype(G.dtype)[:, None]
             X[r] += alpha * Pr
             APr *= alpha
             Rr -= APr
             rz_new = _row_dots(Rr, Rr, xp)
-            beta = xp.where(rzr > tiny, rz_new / xp.maximum(rzr, tiny), 0.0).astype(G.dtype)[:, None]
+            beta = xp.where(rzr > tiny, rz_new / xp.where(rzr > tiny, rzr, 1.0), 0.0).astype(G.dtype)[:, None]
             Pr *= beta
             Pr += Rr
             rz[r] = rz_new

@@ -164,7 +164,7 @@ def _run(problem, method: str, dev: str, dtype, cache: dict | None, options: dic
     synchronize(xp)
     seconds = time.perf_counter() - t0
 
-    mask = out.mask.astype(bool)
+    mask = p.drop_dead(out.mask.astype(bool))  # dead input channels are pruned (LayerProblem)
     weight = to_xp(out.weight, xp) * mask
     if not p.pattern.is_feasible(mask, p.sparsity):
         raise RuntimeError(f"method {method!r} returned a support that violates pattern {p.pattern.name}")
