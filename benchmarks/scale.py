@@ -30,6 +30,7 @@ from pathlib import Path
 SHAPES = {  # hidden, MLP, heads, KV heads (the published Llama-3 configs)
     "llama3-8b": (4096, 14336, 32, 8),
     "llama3-70b": (8192, 28672, 64, 8),
+    "mid": (1024, 3584, 16, 4),  # for CPU runs of the depth question
     "tiny": (64, 128, 4, 2),
 }
 

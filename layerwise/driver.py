@@ -40,8 +40,9 @@ from layerprune.layerwise.blocks import capture_inputs, collect_hessians, run_bl
 from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, context_length
+from layerprune.layerwise.recipe import DEFAULT_TARGETS, check_entries, parse_overrides, plan_layers
 from layerprune.layerwise.stores import block_tensors, store_for
-from layerprune.problems import LayerProblem, parse_pattern
+from layerprune.problems import LayerProblem, resolve_sparsity
 from layerprune.solvers import check_options, solve_many
 
 CHECKPOINT_VERSION = 3  # 3: every tensor of a pruned block under its model name (the output's shards); no activations
@@ -59,6 +60,9 @@ class PruneSettings:
     solver_device : where the solver runs ("cpu"/"cuda"; None: "cuda" when ``device`` is a GPU).
     batch_size : calibration sequences per block forward.
     options : passed to the method (e.g. ``{"max_iter": 100}`` for ALPS).
+    targets, ignore : which linears inside the blocks are pruned (``layerwise.recipe``: class
+        names, full module names, ``re:`` patterns); ignored ones stay dense.
+    overrides : per-layer sparsity / pattern / method / options (``recipe.Override`` or mappings).
     """
 
     method: str = "alps"
@@ -69,6 +73,9 @@ class PruneSettings:
     solver_device: str | None = None
     batch_size: int = 8
     options: dict = field(default_factory=dict)
+    targets: tuple = DEFAULT_TARGETS
+    ignore: tuple = ()
+    overrides: tuple = ()
 
     def validate(self) -> None:
         """Check every setting (the method and its options, the pattern, ranges, the devices); fills in an
@@ -77,25 +84,32 @@ class PruneSettings:
             check_options(self.method, self.options)  # the method, then each option by name, type and range
         except ValueError as e:
             raise LayerwiseError(str(e)) from None
-        try:
-            pat = parse_pattern(self.pattern)
-        except ValueError as e:
-            raise LayerwiseError(str(e)) from e
-        implied = pat.implied_sparsity()
-        if self.sparsity is None:
-            if implied is None:
-                raise LayerwiseError(f"--sparsity is required for pattern {pat.name!r}")
-            self.sparsity = implied
-        s = float(self.sparsity)
-        if not 0.0 <= s < 1.0 or s != s:
-            raise LayerwiseError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
-        if implied is not None and abs(s - implied) > 1e-9:
-            raise LayerwiseError(f"pattern {pat.name} fixes the sparsity at {implied:g}; got sparsity={s:g}")
-        self.sparsity = s
+        self.sparsity = checked_sparsity(self.sparsity, self.pattern)
+        self.targets = tuple(check_entries(self.targets, "targets"))
+        self.ignore = tuple(check_entries(self.ignore, "ignore"))
+        self.overrides = parse_overrides(self.overrides)
+        for i, o in enumerate(self.overrides):  # each override's layers as a whole run would see them
+            method = o.values.get("method", self.method)
+            options = o.values.get("options", self.options if method == self.method else {})
+            try:
+                check_options(method, options)
+            except ValueError as e:
+                raise LayerwiseError(f"overrides[{i}]: {e}") from None
+            checked_sparsity(o.values.get("sparsity", None if "pattern" in o.values else self.sparsity),
+                             o.values.get("pattern", self.pattern), f"overrides[{i}]: ")
         check_at_least("damping", self.damping, 0)
         check_at_least("batch_size", self.batch_size, 1)
         check_torch_device(self.device, "--device")
         check_solver_device(self.solve_device, "--solver-device")
+
+    def layer(self, plan: dict) -> tuple[str, dict, float, str]:
+        """(method, options, sparsity, pattern) of a layer whose override values are ``plan``.
+        An override's pattern without a sparsity takes the pattern's own (N:M) or the run's."""
+        method = plan.get("method", self.method)
+        options = plan.get("options", self.options if method == self.method else {})
+        pattern = plan.get("pattern", self.pattern)
+        sparsity = plan.get("sparsity", None if "pattern" in plan and ":" in str(pattern) else self.sparsity)
+        return method, options, checked_sparsity(sparsity, pattern), pattern
 
     @property
     def solve_device(self) -> str:
@@ -104,6 +118,14 @@ class PruneSettings:
         if self.solver_device is not None:
             return self.solver_device
         return str(self.device) if str(self.device).startswith("cuda") else "cpu"
+
+
+def checked_sparsity(sparsity: float | None, pattern: str, where: str = "") -> float:
+    """``problems.resolve_sparsity`` with its error as a LayerwiseError, prefixed by ``where``."""
+    try:
+        return resolve_sparsity(sparsity, pattern)
+    except ValueError as e:
+        raise LayerwiseError(f"{where}{e}") from None
 
 
 def check_seqlen(model: nn.Module, seqlen: int) -> None:
@@ -239,28 +261,46 @@ class BlockClock:
 
 
 def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: list[list[str]],
-                 settings: PruneSettings, index: int, on_layer=None) -> list[dict]:
-    """Prune every linear of one block in place; one log entry per layer.
+                 settings: PruneSettings, index: int, plans: dict[str, dict], on_layer=None) -> list[dict]:
+    """Prune the planned linears of one block in place; one log entry per pruned layer.
 
-    Each group's H (one tensor, on the solver's device) is shared by the group's problems;
-    the results come back as torch tensors on that device (``keep_array_type``: DLPack from
-    CuPy, a view of NumPy) and are copied into the weights where they live.
+    plans : local layer name → its override values (``recipe.plan_layers``); a layer not in it
+        stays dense. Each group's H (one tensor, on the solver's device) is shared by the
+        group's problems; layers of a group with one method and options are solved together by
+        ``solve_many``. The results come back as torch tensors on that device
+        (``keep_array_type``: DLPack from CuPy, a view of NumPy) and are copied into the weights.
     """
     linears = block_linears(block)
     entries = []
     solver_dev = settings.solve_device
     for gi, group in enumerate(groups):
+        group = [name for name in group if name in plans]
+        if not group:
+            continue
         H = hessians[group[0]].to(torch.device(solver_dev))  # no copy when it is there already
+        layer = {name: settings.layer(plans[name]) for name in group}
         # a copy of each weight: the problem's Ŵ stays the dense weight whatever is written into the layer
         dense = [linears[name].weight.detach().to(device=H.device, dtype=torch.float32, copy=True) for name in group]
-        first = LayerProblem(weight=dense[0], hessian=H, sparsity=settings.sparsity, pattern=settings.pattern,
+        _, _, sparsity, pattern = layer[group[0]]
+        first = LayerProblem(weight=dense[0], hessian=H, sparsity=sparsity, pattern=pattern,
                              damping=settings.damping, name=f"block{index}.{group[0]}")
         # the group's other layers share the first's validated, damped Hessian
-        problems = [first] + [first.with_weight(w, name=f"block{index}.{name}") for name, w in zip(group[1:], dense[1:])]
-        results = solve_many(problems, settings.method, cache={}, device=solver_dev, keep_array_type=True,
-                             **settings.options)
-        for name, problem, r in zip(group, problems, results):
-            lin = linears[name]
+        problems = {group[0]: first}
+        for name, w in zip(group[1:], dense[1:]):
+            problems[name] = first.with_weight(w, name=f"block{index}.{name}", sparsity=layer[name][2],
+                                               pattern=layer[name][3])
+        by_method: dict[str, list[str]] = {}
+        for name in group:
+            method, options = layer[name][:2]
+            by_method.setdefault(json.dumps([method, options], sort_keys=True, default=str), []).append(name)
+        results = {}
+        for key, names in by_method.items():
+            method, options = json.loads(key)
+            solved = solve_many([problems[n] for n in names], method, cache={}, device=solver_dev,
+                                keep_array_type=True, **options)
+            results.update(zip(names, solved))
+        for name in group:
+            problem, r, lin = problems[name], results[name], linears[name]
             write_pruned(lin.weight, r.weight, r.mask)
             nonzero = int(torch.count_nonzero(lin.weight))
             entry = {
@@ -268,6 +308,9 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
                 "layer": name,
                 "shape": list(problem.shape),
                 "group": gi,
+                "method": r.method,
+                "pattern": r.pattern,
+                "target_sparsity": float(problem.sparsity),
                 "relative_error": float(r.relative_error),
                 "objective": float(r.objective),
                 "sparsity": 1.0 - nonzero / lin.weight.numel(),
@@ -341,6 +384,9 @@ def prune_model(
         raise LayerwiseError("a model read block by block from disk needs a checkpoint folder: the pruned blocks are "
                              "written there")
     device = torch.device(settings.device)
+    layer_names = [(store.prefix(i) + local, type(lin).__name__)
+                   for i in range(len(store)) for local, lin in block_linears(store.blocks[i]).items()]
+    plans = plan_layers(layer_names, settings.targets, settings.ignore, settings.overrides)  # before any work
     ckpt = Checkpoint(checkpoint) if checkpoint is not None else None
     fp = fingerprint(model, calib, settings) if ckpt is not None else None
     layers: list[dict] = []
@@ -377,7 +423,9 @@ def prune_model(
             clock.lap("load")
             hessians, groups, _ = collect_hessians(block, inputs, device, index=index)
             clock.lap("hessians")
-            _solve_block(block, hessians, groups, settings, index, on_layer=on_layer)
+            prefix = store.prefix(index)
+            block_plans = {name[len(prefix):]: plan for name, plan in plans.items() if name.startswith(prefix)}
+            _solve_block(block, hessians, groups, settings, index, block_plans, on_layer=on_layer)
             clock.lap("solve")
             del hessians
             inputs = run_block(block, inputs)  # the pruned block's outputs feed the next block
@@ -402,6 +450,7 @@ def prune_model(
         "blocks": len(store),
         "block_path": store.path,
         "layers": layers,
+        "dense_layers": [name for name, _ in layer_names if name not in plans],  # ignored or not targeted
         "block_seconds": block_log,
         "mean_relative_error": sum(e["relative_error"] for e in layers) / max(len(layers), 1),
         "unconverged_layers": unconverged(layers),

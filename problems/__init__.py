@@ -1,7 +1,14 @@
 """Layer pruning problems: `LayerProblem`, sparsity patterns, problem builders."""
 
 from layerprune.problems.builders import HessianAccumulator, synthetic_problem
-from layerprune.problems.patterns import Pattern, StackedPattern, balanced_counts, parse_pattern, top_k_per_row
+from layerprune.problems.patterns import (
+    Pattern,
+    StackedPattern,
+    balanced_counts,
+    parse_pattern,
+    resolve_sparsity,
+    top_k_per_row,
+)
 from layerprune.problems.problem import LayerProblem
 
 __all__ = [
@@ -11,6 +18,7 @@ __all__ = [
     "StackedPattern",
     "balanced_counts",
     "parse_pattern",
+    "resolve_sparsity",
     "synthetic_problem",
     "top_k_per_row",
 ]

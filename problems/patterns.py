@@ -324,3 +324,23 @@ def parse_pattern(pattern: "str | Pattern") -> Pattern:
             raise ValueError(f"pattern {pattern!r}: N:M needs 0 < N < M")
         return Pattern("nm", n, mm)
     raise ValueError(f"unknown pattern {pattern!r}: use 'unstructured', 'row' or 'N:M' such as '2:4'")
+
+
+def resolve_sparsity(sparsity: float | None, pattern: "str | Pattern") -> float:
+    """The sparsity a (sparsity, pattern) pair means: an N:M pattern fixes it at 1 − N/M (a
+    given one must agree); the other patterns need one in [0, 1). ValueError otherwise."""
+    pat = parse_pattern(pattern)
+    implied = pat.implied_sparsity()
+    if sparsity is None:
+        if implied is None:
+            raise ValueError(f"sparsity is required for pattern {pat.name!r}")
+        return implied
+    try:
+        s = float(sparsity)
+    except (TypeError, ValueError):
+        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
+    if not np.isfinite(s) or not 0.0 <= s < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    if implied is not None and abs(s - implied) > 1e-9:
+        raise ValueError(f"pattern {pat.name} fixes the sparsity at {implied:g}; got sparsity={s:g}")
+    return s

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from layerprune.problems.backend import array_module, is_torch, to_numpy, to_xp
-from layerprune.problems.patterns import Pattern, parse_pattern
+from layerprune.problems.patterns import Pattern, parse_pattern, resolve_sparsity
 
 FORMAT_VERSION = 1
 
@@ -100,19 +100,7 @@ class LayerProblem:
 
     # -- validation ----------------------------------------------------------
     def _check_sparsity(self, sparsity: float | None) -> float:
-        implied = self.pattern.implied_sparsity()
-        if sparsity is None:
-            if implied is None:
-                raise ValueError(f"sparsity is required for pattern {self.pattern.name!r}")
-            return implied
-        s = float(sparsity)
-        if not np.isfinite(s) or not 0.0 <= s < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
-        if implied is not None and abs(s - implied) > 1e-9:
-            raise ValueError(
-                f"pattern {self.pattern.name} fixes the sparsity at {implied:g}; got sparsity={s:g}"
-            )
-        return s
+        return resolve_sparsity(sparsity, self.pattern)
 
     def _validate(self) -> None:
         W, H = self.weight, self.raw_hessian
@@ -290,9 +278,11 @@ class LayerProblem:
         p._views = {k: v for k, v in self._views.items() if k in ("energy", "hessian64")}
         return p
 
-    def with_weight(self, weight: Any, name: str = "") -> "LayerProblem":
+    def with_weight(self, weight: Any, name: str = "", sparsity: float | None = None,
+                    pattern: str | Pattern | None = None) -> "LayerProblem":
         """Another layer with the same inputs (q/k/v, gate/up of one block): this problem's
-        Hessian, damping, sparsity and pattern with the dense weight ``weight`` (out' × in).
+        Hessian and damping with the dense weight ``weight`` (out' × in), and this problem's
+        sparsity and pattern unless ``sparsity`` / ``pattern`` are given.
 
         The Hessian is validated once and its damped and float64 forms on this problem's
         backend are shared, not recomputed nor held twice (a copy made for another
@@ -303,6 +293,10 @@ class LayerProblem:
         p.origin = weight if is_torch(weight) else None
         p.weight = to_xp(_as_float_array(weight, "weight"), self.xp)
         p.name = str(name)
+        if pattern is not None:
+            p.pattern = parse_pattern(pattern)
+        if sparsity is not None or pattern is not None:
+            p.sparsity = p._check_sparsity(sparsity)
         p._validate_weight()
         p.weight = p.without_dead(p.weight)
         p._damped = self.hessian
