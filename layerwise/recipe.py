@@ -15,8 +15,9 @@ pruned when some target matches it and no ignore entry does. An override applies
       - targets: ["re:model\\.layers\\.0\\."]
         method: sparsegpt
 
-A layer two overrides set the same key of, to different values, is an error naming both; so
-is an entry that matches no layer, and an override of an ignored layer.
+An override applies to the pruned layers it matches. A layer two overrides set the same key of,
+to different values, is an error naming both; so is a target or ignore entry that matches no
+layer, and an override that matches no pruned layer (only ignored ones, say).
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ def plan_layers(names_kinds: list[tuple[str, str]], targets, ignore, overrides: 
     """Full layer name → the override values that apply to it, for the layers the run prunes.
 
     names_kinds : every candidate layer as (full name, class name), over the whole model.
-    Raises LayerwiseError for an entry that matches no layer, an override of an ignored
-    layer, and two overrides that set one key of one layer to different values.
+    Raises LayerwiseError for an entry that matches no layer, an override that matches no
+    pruned layer, and two overrides that set one key of one layer to different values.
     """
     used: set[str] = set()
 
@@ -111,23 +112,19 @@ def plan_layers(names_kinds: list[tuple[str, str]], targets, ignore, overrides: 
         elif targeted:
             plans[name] = {}
     for i, o in enumerate(overrides):
-        matched = False
-        for name, kind in names_kinds:
-            if not any(matches(t, name, kind) for t in o.targets):
-                continue
-            matched = True
-            if name in ignored:
-                raise LayerwiseError(f"overrides[{i}] sets {', '.join(o.values)} of {name}, which ignore leaves dense")
-            if name not in plans:
-                raise LayerwiseError(f"overrides[{i}] sets {', '.join(o.values)} of {name}, which no target prunes")
+        hits = [name for name, kind in names_kinds if any(matches(t, name, kind) for t in o.targets)]
+        pruned = [name for name in hits if name in plans]
+        if not pruned:
+            why = "ignore leaves them dense" if hits and all(n in ignored for n in hits) else "no target prunes them"
+            raise LayerwiseError(f"overrides[{i}] targets {list(o.targets)} match no pruned layer"
+                                 + (f" ({len(hits)} match, but {why})" if hits else ""))
+        for name in pruned:
             for key, value in o.values.items():
                 if key in plans[name] and plans[name][key][1] != value:
                     j = plans[name][key][0]
                     raise LayerwiseError(f"overrides[{j}] and overrides[{i}] both set {key} of {name} "
                                          f"({plans[name][key][1]!r} and {value!r})")
                 plans[name][key] = (i, value)
-        if not matched:
-            raise LayerwiseError(f"overrides[{i}] targets {list(o.targets)} match no layer")
     unused = [e for e in (*targets, *ignore) if e not in used]
     if unused:
         raise LayerwiseError(f"recipe entr{'y' if len(unused) == 1 else 'ies'} {', '.join(map(repr, unused))} match no "
