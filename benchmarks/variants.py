@@ -6,7 +6,8 @@ VARIANTS = {
     "alps-eig64": ("alps", {"eig_dtype": "float64"}),
     "alps-tf32": ("alps", {"tf32": True}),
     "alps-explicit-inverse": ("alps", {"explicit_inverse": True}),  # the in × in inverse even when in > out
-    "alps-syevd": ("alps", {"staged_eigh": False}),  # cuSOLVER's one-call eigendecomposition even when in > out
+    "alps-syevd": ("alps", {"staged_eigh": False}),  # cuSOLVER's one-call eigendecomposition always
+    "alps-staged": ("alps", {"staged_eigh": True}),  # the staged eigendecomposition even where syevd fits
     "alps-local": ("alps", {"local_search": True}),  # exact local search (moves between rows, swaps in rows)
 }
 
