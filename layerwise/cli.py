@@ -210,7 +210,10 @@ def cmd_solve(a: argparse.Namespace) -> int:
         "iterations": r.iterations, "device": r.device, "message": r.message,
     }
     if a.output:
-        np.savez(a.output, weight=r.weight, mask=r.mask, summary=np.array(json.dumps(summary)))
+        from layerprune.problems.atomic import atomic_write
+
+        out = a.output if a.output.endswith(".npz") else a.output + ".npz"  # as np.savez names it
+        atomic_write(out, lambda p: np.savez(p, weight=r.weight, mask=r.mask, summary=np.array(json.dumps(summary))))
     if a.json:
         print(json.dumps(summary, indent=1))
     else:

@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from layerprune.layerwise.blocks import capture_inputs, collect_hessians, run_bl
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, context_length, find_blocks
 from layerprune.problems import LayerProblem, parse_pattern
+from layerprune.problems.atomic import atomic_write, atomic_write_json
 from layerprune.solvers import get_method, solve_many
 
 CHECKPOINT_VERSION = 2  # 2: pruned weights only; block inputs are recomputed on resume
@@ -123,19 +123,6 @@ def fingerprint(model: nn.Module, calib: torch.Tensor, settings: PruneSettings) 
 
 
 # -- checkpoints ---------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Checkpoint:
     """A folder holding a run's progress: the pruned blocks' weights and ``state.json``."""
 
@@ -169,11 +156,8 @@ class Checkpoint:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = {f"{name}.weight": lin.weight.detach().cpu().contiguous() for name, lin in block_linears(block).items()}
-        _atomic_write_bytes(self.folder / f"block_{index:04d}.safetensors", lambda p: save_file(weights, p))
-        state = dict(state, version=CHECKPOINT_VERSION, next_block=index + 1)
-        _atomic_write_bytes(
-            self.state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1), encoding="utf-8")
-        )
+        atomic_write(self.folder / f"block_{index:04d}.safetensors", lambda p: save_file(weights, p))
+        atomic_write_json(self.state_path, dict(state, version=CHECKPOINT_VERSION, next_block=index + 1))
 
     def restore(self, blocks: nn.ModuleList, state: dict) -> int:
         """Load the pruned blocks 0 … next−1 into ``blocks``; returns next."""
@@ -187,8 +171,10 @@ class Checkpoint:
         return int(state["next_block"])
 
     def remove(self) -> None:
+        """Delete the checkpoint: ``state.json`` first, so a kill half-way leaves no resumable remains."""
         import shutil
 
+        self.state_path.unlink(missing_ok=True)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

