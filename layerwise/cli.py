@@ -234,8 +234,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise LayerwiseError(f"sparsity must be in [0, 1), got {s}")
-    compare_problems(a.problem_dir, _names(a.methods), sparsities, _names(a.patterns), a.output,
-                     resume=a.resume, device=a.device)
+    from layerprune.problems.locks import LockError
+
+    try:
+        compare_problems(a.problem_dir, _names(a.methods), sparsities, _names(a.patterns), a.output,
+                         resume=a.resume, device=a.device)
+    except LockError as e:
+        raise LayerwiseError(str(e)) from e
     print(f"report written to {a.output}")
     return 0
 
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"layerprune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = " (run the same command with --resume to continue)" if args.command == "prune" else ""
+        hint = " (run the same command with --resume to continue)" if args.command in ("prune", "compare") else ""
         print(f"layerprune: interrupted{hint}", file=sys.stderr)
         return 130
 

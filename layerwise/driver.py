@@ -122,6 +122,31 @@ def fingerprint(model: nn.Module, calib: torch.Tensor, settings: PruneSettings) 
     return h.hexdigest()
 
 
+def resume_arguments(settings: PruneSettings, nsamples: int, seqlen: int, extra: dict | None = None) -> dict:
+    """The arguments a checkpoint records and ``--resume`` compares key by key: the settings,
+    nsamples and seqlen, and ``extra`` (the pipeline adds model, calib, seed, eval text and tokens).
+    Normalized through JSON, as they are read back from ``state.json``."""
+    args = {**asdict(settings), "nsamples": int(nsamples), "seqlen": int(seqlen), **(extra or {})}
+    return json.loads(json.dumps(args, sort_keys=True, default=str))
+
+
+def check_resume_arguments(state: dict, arguments: dict, folder: str | os.PathLike) -> None:
+    """Refuse to resume when an argument differs from the checkpoint's, naming each one.
+
+    A checkpoint without recorded arguments (an older run) is left to the fingerprint check.
+    """
+    saved = state.get("arguments")
+    if saved is None:
+        return
+    missing = "(not set)"
+    keys = sorted(k for k in set(saved) | set(arguments) if saved.get(k, missing) != arguments.get(k, missing))
+    if keys:
+        was = ", ".join(f"{k}={saved.get(k, missing)!r}" for k in keys)
+        now = ", ".join(f"{k}={arguments.get(k, missing)!r}" for k in keys)
+        raise LayerwiseError(f"--resume: the checkpoint in {folder} was made with {was}, this run has {now}; "
+                             "run with the checkpoint's arguments, or delete the checkpoint to start over")
+
+
 # -- checkpoints ---------------------------------------------------------------------
 class Checkpoint:
     """A folder holding a run's progress: the pruned blocks' weights and ``state.json``."""
@@ -249,6 +274,7 @@ def prune_model(
     progress: bool = True,
     after_block=None,
     extra_state: dict | None = None,
+    arguments: dict | None = None,
 ) -> dict:
     """Prune every linear layer inside the model's blocks, in place, block by block.
 
@@ -258,6 +284,8 @@ def prune_model(
     after_block : called as ``after_block(index)`` after each block is checkpointed (tests
         use it to simulate a crash).
     extra_state : kept in the checkpoint's ``state.json`` (e.g. the dense perplexity).
+    arguments : more run arguments recorded in the checkpoint beside the settings, nsamples and
+        seqlen (:func:`resume_arguments`); a resume with any of them different is refused.
     Returns the run log: settings, per-layer entries, seconds.
     """
     from tqdm.auto import tqdm
@@ -270,19 +298,23 @@ def prune_model(
     device = torch.device(settings.device)
     ckpt = Checkpoint(checkpoint) if checkpoint is not None else None
     fp = fingerprint(model, calib, settings) if ckpt is not None else None
+    args = resume_arguments(settings, calib.shape[0], calib.shape[1], arguments)
     layers: list[dict] = []
     start, seconds_before = 0, 0.0
 
     t0 = time.perf_counter()
-    inputs = capture_inputs(model, calib, settings.batch_size, device)
+    state = None
     if ckpt is not None and ckpt.exists():
         ckpt.check_resumable(resume)
         state = ckpt.read_state()
-        if state.get("fingerprint") != fp:
+        check_resume_arguments(state, args, ckpt.folder)
+        if state.get("fingerprint") != fp:  # the backstop: calibration ids, model config, block-0 weights
             raise LayerwiseError(
                 f"the checkpoint in {ckpt.folder} belongs to another run (model, calibration or settings differ); "
                 "delete it to start over"
             )
+    inputs = capture_inputs(model, calib, settings.batch_size, device)
+    if state is not None:
         start = ckpt.restore(blocks, state)
         layers, seconds_before = list(state["layers"]), float(state.get("seconds", 0.0))
         for index in range(start):  # block `start`'s inputs: replay the pruned blocks, as the run did
@@ -302,6 +334,7 @@ def prune_model(
             ckpt.save_block(index, block, {
                 **(extra_state or {}), "fingerprint": fp, "model_blocks": path, "layers": layers,
                 "seconds": seconds_before + time.perf_counter() - t0, "settings": asdict(settings),
+                "arguments": args,
             })
         if after_block is not None:
             after_block(index)

@@ -18,11 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from layerprune.layerwise.data import calibration_segments, evaluation_stream
-from layerprune.layerwise.driver import Checkpoint, PruneSettings, check_seqlen, prune_model
+from layerprune.layerwise.driver import (
+    Checkpoint,
+    PruneSettings,
+    check_resume_arguments,
+    check_seqlen,
+    prune_model,
+    resume_arguments,
+)
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, find_blocks, load_model, resolve_model, save_model
 from layerprune.layerwise.perplexity import perplexity
-from layerprune.problems.atomic import atomic_write_json
+from layerprune.problems.atomic import atomic_write_json, sweep_temps
+from layerprune.problems.locks import output_lock
 
 RUN_LOG = "layerprune_run.json"
 
@@ -69,38 +77,57 @@ def run_prune(
         raise LayerwiseError(f"output {str(output)!r} exists and is not a folder")
     resolve_model(model)  # a missing path fails before anything slow
     ckpt = Checkpoint(checkpoint_folder(output))
-    ckpt.check_resumable(resume)
-    t0 = time.perf_counter()
-    net, tokenizer = load_model(model)
-    check_seqlen(net, seqlen)
-    ids = calibration_segments(tokenizer, calib, nsamples, seqlen, seed)
-    record: dict[str, Any] = {
-        "model": str(model), "method": method, "sparsity": settings.sparsity, "pattern": settings.pattern,
-        "calib": str(calib), "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
-        "eval_text": eval_text, "eval_tokens": eval_tokens,
-    }
-    stream = None
-    if eval_text is not None:
-        stream = evaluation_stream(tokenizer, eval_text, max_tokens=eval_tokens)
-        record["eval_tokens_used"] = (stream.numel() // seqlen) * seqlen
+    # one run at a time on this output and its checkpoint; the locks go when the run ends, however it ends
+    with output_lock(output, error=LayerwiseError), output_lock(ckpt.folder, error=LayerwiseError):
+        for folder in (ckpt.folder.parent, ckpt.folder):
+            sweep_temps(folder)  # what a killed run left half-written
+        ckpt.check_resumable(resume)
+        extra = {"model": source_name(model), "calib": source_name(calib), "seed": seed,
+                 "eval_text": source_name(eval_text), "eval_tokens": eval_tokens}
+        arguments = resume_arguments(settings, nsamples, seqlen, extra)
         dense = None
-        if resume and ckpt.exists():
-            dense = ckpt.read_state().get("dense_perplexity")
-        if dense is None:
-            dense = perplexity(net, stream, seqlen, device=device, progress=progress)
-        record["dense_perplexity"] = dense
-    run = prune_model(net, ids, settings, checkpoint=ckpt.folder, resume=resume, progress=progress,
-                      extra_state={"dense_perplexity": record.get("dense_perplexity")})
-    record.update(run)
-    if stream is not None:
-        record["perplexity"] = perplexity(net, stream, seqlen, device=device, progress=progress)
-    record["seconds_total"] = time.perf_counter() - t0
-    text = json.dumps(record, indent=1)
-    save_model(net, tokenizer, output, extra_files={RUN_LOG: text})
-    if log is not None:
-        atomic_write_json(log, record)
-    ckpt.remove()
+        if resume and ckpt.exists():  # refused here, before the model loads, when an argument differs
+            state = ckpt.read_state()
+            check_resume_arguments(state, arguments, ckpt.folder)
+            if state.get("arguments") is not None:  # the evaluation arguments match: its dense perplexity holds
+                dense = state.get("dense_perplexity")
+        t0 = time.perf_counter()
+        net, tokenizer = load_model(model)
+        check_seqlen(net, seqlen)
+        ids = calibration_segments(tokenizer, calib, nsamples, seqlen, seed)
+        record: dict[str, Any] = {
+            "model": str(model), "method": method, "sparsity": settings.sparsity, "pattern": settings.pattern,
+            "calib": str(calib), "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
+            "eval_text": eval_text, "eval_tokens": eval_tokens,
+        }
+        stream = None
+        if eval_text is not None:
+            stream = evaluation_stream(tokenizer, eval_text, max_tokens=eval_tokens)
+            record["eval_tokens_used"] = (stream.numel() // seqlen) * seqlen
+            if dense is None:
+                dense = perplexity(net, stream, seqlen, device=device, progress=progress)
+            record["dense_perplexity"] = dense
+        run = prune_model(net, ids, settings, checkpoint=ckpt.folder, resume=resume, progress=progress,
+                          extra_state={"dense_perplexity": record.get("dense_perplexity")}, arguments=extra)
+        record.update(run)
+        if stream is not None:
+            record["perplexity"] = perplexity(net, stream, seqlen, device=device, progress=progress)
+        record["seconds_total"] = time.perf_counter() - t0
+        text = json.dumps(record, indent=1)
+        save_model(net, tokenizer, output, extra_files={RUN_LOG: text})
+        if log is not None:
+            atomic_write_json(log, record)
+        ckpt.remove()
     return record
+
+
+def source_name(source: str | os.PathLike | None) -> str | None:
+    """How a model or text source is recorded for ``--resume``: an existing path made absolute,
+    a built-in name (``smollm2``, ``wiki``) as given."""
+    if source is None:
+        return None
+    p = Path(source).expanduser()
+    return str(p.resolve()) if p.exists() else str(source)
 
 
 def run_eval(model: str, text: str = "wiki-test", *, seqlen: int = 2048, max_tokens: int | None = None,

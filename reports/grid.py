@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 
 from layerprune.problems import LayerProblem, parse_pattern
-from layerprune.problems.atomic import atomic_append_text, atomic_write, atomic_write_text, csv_text, is_temp_name
+from layerprune.problems.atomic import (
+    atomic_append_text,
+    atomic_write,
+    atomic_write_text,
+    csv_text,
+    is_temp_name,
+    sweep_temps,
+)
+from layerprune.problems.locks import output_lock
 from layerprune.reports.bounds import LowerBound, lower_bound
 
 COLUMNS = [
@@ -197,6 +205,8 @@ def compare_problems(
     ``report.md``, ``report.html`` and PNG plots to ``output`` unless ``report=False``.
     ``resume=True`` keeps the finished rows of an existing results.csv and skips them.
     A method that fails on a cell gets a row with status ``error: …`` (retried on resume).
+    A second run on the same ``output`` is refused (``<output>.lock``,
+    :class:`layerprune.problems.locks.LockError`) while the first lives.
     """
     from tqdm import tqdm
 
@@ -206,76 +216,79 @@ def compare_problems(
     if not methods:
         raise ValueError("no methods given")
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    if save_weights:
-        (out / "weights").mkdir(exist_ok=True)
-    csv_path = out / "results.csv"
-    files = problem_files(problem_dir)
-    cells = grid_cells(sparsities, patterns)
-    options = method_options or {}
+    with output_lock(out):  # one run at a time on this report folder; released however the run ends
+        out.mkdir(parents=True, exist_ok=True)
+        if save_weights:
+            (out / "weights").mkdir(exist_ok=True)
+        for folder in (out, out / "weights"):
+            sweep_temps(folder)  # what a killed run left half-written
+        csv_path = out / "results.csv"
+        files = problem_files(problem_dir)
+        cells = grid_cells(sparsities, patterns)
+        options = method_options or {}
 
-    done: dict[tuple, dict[str, Any]] = {}
-    if resume:
-        for r in read_results(csv_path):
-            if r["status"] == "ok":
-                done[row_key(r["problem"], r["pattern"], r["sparsity"], r["method"])] = r
-    _write_all(csv_path, list(done.values()))  # a fresh file, or the finished rows only
+        done: dict[tuple, dict[str, Any]] = {}
+        if resume:
+            for r in read_results(csv_path):
+                if r["status"] == "ok":
+                    done[row_key(r["problem"], r["pattern"], r["sparsity"], r["method"])] = r
+        _write_all(csv_path, list(done.values()))  # a fresh file, or the finished rows only
 
-    total = len(files) * len(cells) * len(methods)
-    bar = tqdm(total=total, desc="compare", unit="solve", disable=not progress)
-    grid_keys = {row_key(f.stem, pat, s, m) for f in files for pat, s in cells for m in methods}
-    bar.update(sum(1 for k in done if k in grid_keys))
-    for path in files:
-        name = path.stem
-        base = LayerProblem.load(path)
-        base.dense_energy()  # damped H, its float64 copy and tr(ŴHŴᵀ): once per file, shared by every cell
-        caches: dict[str, dict] = {m: {} for m in methods}  # one Hessian per file: share factorizations
-        bound_cache: dict = {}
-        for pattern, s in cells:
-            keys = [row_key(name, pattern, s, m) for m in methods]
-            if all(k in done for k in keys):
-                continue
-            try:
-                prob = base.with_sparsity(s, pattern)
-            except ValueError as exc:
-                for m, k in zip(methods, keys):
-                    if k not in done:
-                        row = _row(name, base, pattern, s, m, status=f"error: {exc}")
-                        _append(csv_path, row)
-                        done[k] = row
-                        bar.update(1)
-                continue
-            bound = _cell_bound(prob, [done.get(k) for k in keys], lower_bounds, bound_cache)
-            for m, k in zip(methods, keys):
-                if k in done:
+        total = len(files) * len(cells) * len(methods)
+        bar = tqdm(total=total, desc="compare", unit="solve", disable=not progress)
+        grid_keys = {row_key(f.stem, pat, s, m) for f in files for pat, s in cells for m in methods}
+        bar.update(sum(1 for k in done if k in grid_keys))
+        for path in files:
+            name = path.stem
+            base = LayerProblem.load(path)
+            base.dense_energy()  # damped H, its float64 copy and tr(ŴHŴᵀ): once per file, shared by every cell
+            caches: dict[str, dict] = {m: {} for m in methods}  # one Hessian per file: share factorizations
+            bound_cache: dict = {}
+            for pattern, s in cells:
+                keys = [row_key(name, pattern, s, m) for m in methods]
+                if all(k in done for k in keys):
                     continue
-                bar.set_postfix_str(f"{name} {pattern} {sparsity_label(s)} {m}")
-                row = _row(name, prob, pattern, s, m, bound=bound)
                 try:
-                    res = solve(prob, method=m, device=device, cache=caches[m], **options.get(m, {}))
-                except Exception as exc:  # noqa: BLE001 - one failing method must not stop the grid
-                    row["status"] = f"error: {type(exc).__name__}: {exc}"
-                else:
-                    row.update(
-                        status="ok", objective=res.objective, relative_error=res.relative_error,
-                        achieved_sparsity=res.sparsity, seconds=res.seconds, iterations=res.iterations,
-                    )
-                    if save_weights:
-                        rel = weight_file(name, pattern, s, m)
-                        save_weight(out / rel, res.weight)
-                        row["weights"] = rel
-                _append(csv_path, row)
-                done[k] = row
-                bar.update(1)
-    bar.close()
-    rows = fill_gaps(read_results(csv_path))
-    _write_all(csv_path, rows)
-    if report:
-        from layerprune.reports.render import write_report
+                    prob = base.with_sparsity(s, pattern)
+                except ValueError as exc:
+                    for m, k in zip(methods, keys):
+                        if k not in done:
+                            row = _row(name, base, pattern, s, m, status=f"error: {exc}")
+                            _append(csv_path, row)
+                            done[k] = row
+                            bar.update(1)
+                    continue
+                bound = _cell_bound(prob, [done.get(k) for k in keys], lower_bounds, bound_cache)
+                for m, k in zip(methods, keys):
+                    if k in done:
+                        continue
+                    bar.set_postfix_str(f"{name} {pattern} {sparsity_label(s)} {m}")
+                    row = _row(name, prob, pattern, s, m, bound=bound)
+                    try:
+                        res = solve(prob, method=m, device=device, cache=caches[m], **options.get(m, {}))
+                    except Exception as exc:  # noqa: BLE001 - one failing method must not stop the grid
+                        row["status"] = f"error: {type(exc).__name__}: {exc}"
+                    else:
+                        row.update(
+                            status="ok", objective=res.objective, relative_error=res.relative_error,
+                            achieved_sparsity=res.sparsity, seconds=res.seconds, iterations=res.iterations,
+                        )
+                        if save_weights:
+                            rel = weight_file(name, pattern, s, m)
+                            save_weight(out / rel, res.weight)
+                            row["weights"] = rel
+                    _append(csv_path, row)
+                    done[k] = row
+                    bar.update(1)
+        bar.close()
+        rows = fill_gaps(read_results(csv_path))
+        _write_all(csv_path, rows)
+        if report:
+            from layerprune.reports.render import write_report
 
-        write_report(rows, out, methods=methods, sparsities=sorted({s for _, s in cells}),
-                     patterns=[parse_pattern(p).name for p in patterns], device=device)
-    return rows
+            write_report(rows, out, methods=methods, sparsities=sorted({s for _, s in cells}),
+                         patterns=[parse_pattern(p).name for p in patterns], device=device)
+        return rows
 
 
 def _row(name: str, prob: LayerProblem, pattern: str, s: float, method: str,
