@@ -7,8 +7,9 @@ JSON line: pid, host, start time, command. A second run on the same folder is re
 an error naming the first run's pid; a lock whose pid is dead (on this host) is stale: it
 is taken over with a one-line warning. The lock is removed when the ``with`` block ends,
 also on an exception or ``KeyboardInterrupt``; a SIGKILL leaves it, and it is stale then.
-Two runs that find the same stale lock at the same instant may both take it over (the
-window between reading the dead pid and removing the file); a live lock is never removed.
+Known limit: two runs that find the same stale lock at the same instant may both take it
+over (the later one's removal can hit the earlier one's fresh lock, in the window between
+reading the dead pid and removing the file); a lock held by a live run is otherwise never removed.
 """
 
 from __future__ import annotations
