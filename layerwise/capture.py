@@ -20,6 +20,7 @@ from layerprune.layerwise.driver import check_seqlen
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, find_blocks
 from layerprune.problems import LayerProblem, parse_pattern
+from layerprune.problems.atomic import sweep_temps
 
 
 def block_numbers(spec: str | Iterable[int]) -> list[int] | None:
@@ -75,6 +76,7 @@ def capture_problems(
     chosen = parse_blocks(blocks, len(module_blocks))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    sweep_temps(out)  # what a killed capture left half-written (each file is written atomically)
     inputs = capture_inputs(model, calib, batch_size, device)
     paths: list[Path] = []
     for index in range(chosen[-1] + 1):

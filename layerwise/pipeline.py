@@ -18,13 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from layerprune.layerwise.checks import check_at_least, check_output_file, check_output_folder, check_torch_device
-from layerprune.layerwise.data import _write_atomic, calibration_segments, check_text_source, evaluation_stream
-from layerprune.layerwise.driver import Checkpoint, PruneSettings, check_seqlen, prune_model
+from layerprune.layerwise.data import calibration_segments, check_text_source, evaluation_stream
+from layerprune.layerwise.driver import (
+    Checkpoint,
+    PruneSettings,
+    check_resume_arguments,
+    check_seqlen,
+    prune_model,
+    resume_arguments,
+)
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.lazy import open_model, parse_dtype, save_sharded
-from layerprune.layerwise.models import block_linears, find_blocks, load_model, resolve_model, save_model, write_folder
+from layerprune.layerwise.models import block_linears, find_blocks, load_model, output_folder, resolve_model, save_model
 from layerprune.layerwise.perplexity import perplexity
 from layerprune.layerwise.stores import store_for
+from layerprune.problems.atomic import atomic_folder, atomic_write_json, sweep_temps
+from layerprune.problems.locks import output_lock
 
 RUN_LOG = "layerprune_run.json"
 
@@ -33,11 +42,6 @@ def checkpoint_folder(output: str | os.PathLike) -> Path:
     """Where a run writing ``output`` keeps its per-block checkpoints: ``<output>.partial``."""
     out = Path(output).expanduser().resolve()
     return out.parent / f"{out.name}.partial"
-
-
-def _write_json(path: str | os.PathLike, data: dict) -> None:
-    """JSON written atomically (one writer for every text file the package saves)."""
-    _write_atomic(Path(path), json.dumps(data, indent=1))
 
 
 def run_prune(
@@ -87,45 +91,65 @@ def run_prune(
     torch_dtype = parse_dtype(dtype)
     resolve_model(model)  # a missing path fails before anything slow
     ckpt = Checkpoint(checkpoint_folder(output))
-    ckpt.check_resumable(resume)
-    t0 = time.perf_counter()
-    net, tokenizer = open_model(model, torch_dtype, stream=stream)
-    check_seqlen(net, seqlen)
-    ids = calibration_segments(tokenizer, calib, nsamples, seqlen, seed)
-    record: dict[str, Any] = {
-        "model": str(model), "method": method, "sparsity": settings.sparsity, "pattern": settings.pattern,
-        "calib": str(calib), "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
-        "eval_text": eval_text, "eval_tokens": eval_tokens,
-        "dtype": str(next(p for p in net.parameters() if p.device.type != "meta").dtype).removeprefix("torch."),
-        "streamed": store_for(net).streamed,
-    }
-    stream = None
-    if eval_text is not None:
-        stream = evaluation_stream(tokenizer, eval_text, max_tokens=eval_tokens)
-        record["eval_tokens_used"] = (stream.numel() // seqlen) * seqlen
+    # one run at a time on this output and its checkpoint; the locks go when the run ends, however it ends
+    with output_lock(output, error=LayerwiseError), output_lock(ckpt.folder, error=LayerwiseError):
+        for folder in (ckpt.folder.parent, ckpt.folder):
+            sweep_temps(folder)  # what a killed run left half-written
+        ckpt.check_resumable(resume)
+        extra = {"model": source_name(model), "calib": source_name(calib), "seed": seed,
+                 "eval_text": source_name(eval_text), "eval_tokens": eval_tokens, "dtype": dtype}
+        arguments = resume_arguments(settings, nsamples, seqlen, extra)
         dense = None
-        if resume and ckpt.exists():
-            dense = ckpt.read_state().get("dense_perplexity")
-        if dense is None:
-            dense = perplexity(net, stream, seqlen, device=device, progress=progress)
-        record["dense_perplexity"] = dense
-    run = prune_model(net, ids, settings, checkpoint=ckpt.folder, resume=resume, progress=progress,
-                      extra_state={"dense_perplexity": record.get("dense_perplexity")})
-    record.update(run)
-    if stream is not None:
-        record["perplexity"] = perplexity(net, stream, seqlen, device=device, progress=progress)
-    record["seconds_total"] = time.perf_counter() - t0
-    text = json.dumps(record, indent=1)
-    store = store_for(net)
-    if store.streamed:  # the checkpoint's block files are the output's shards
-        files = [ckpt.block_file(i) for i in range(len(store))]
-        write_folder(output, lambda tmp: save_sharded(net, files, tokenizer, tmp, extra_files={RUN_LOG: text}))
-    else:
-        save_model(net, tokenizer, output, extra_files={RUN_LOG: text})
-    if log is not None:
-        _write_json(log, record)
-    ckpt.remove()
+        if resume and ckpt.exists():  # refused here, before the model loads, when an argument differs
+            state = ckpt.read_state()
+            check_resume_arguments(state, arguments, ckpt.folder)
+            if state.get("arguments") is not None:  # the evaluation arguments match: its dense perplexity holds
+                dense = state.get("dense_perplexity")
+        t0 = time.perf_counter()
+        net, tokenizer = open_model(model, torch_dtype, stream=stream)
+        check_seqlen(net, seqlen)
+        ids = calibration_segments(tokenizer, calib, nsamples, seqlen, seed)
+        store = store_for(net)
+        record: dict[str, Any] = {
+            "model": str(model), "method": method, "sparsity": settings.sparsity, "pattern": settings.pattern,
+            "calib": str(calib), "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
+            "eval_text": eval_text, "eval_tokens": eval_tokens,
+            "dtype": str(next(p for p in net.parameters() if p.device.type != "meta").dtype).removeprefix("torch."),
+            "streamed": store.streamed,
+        }
+        stream_ids = None
+        if eval_text is not None:
+            stream_ids = evaluation_stream(tokenizer, eval_text, max_tokens=eval_tokens)
+            record["eval_tokens_used"] = (stream_ids.numel() // seqlen) * seqlen
+            if dense is None:
+                dense = perplexity(net, stream_ids, seqlen, device=device, progress=progress)
+            record["dense_perplexity"] = dense
+        run = prune_model(net, ids, settings, checkpoint=ckpt.folder, resume=resume, progress=progress,
+                          extra_state={"dense_perplexity": record.get("dense_perplexity")}, arguments=extra)
+        record.update(run)
+        if stream_ids is not None:
+            record["perplexity"] = perplexity(net, stream_ids, seqlen, device=device, progress=progress)
+        record["seconds_total"] = time.perf_counter() - t0
+        text = json.dumps(record, indent=1)
+        if store.streamed:  # the checkpoint's block files are the output's shards
+            files = [ckpt.block_file(i) for i in range(len(store))]
+            with atomic_folder(output_folder(output)) as tmp:
+                save_sharded(net, files, tokenizer, tmp, extra_files={RUN_LOG: text})
+        else:
+            save_model(net, tokenizer, output, extra_files={RUN_LOG: text})
+        if log is not None:
+            atomic_write_json(log, record)
+        ckpt.remove()
     return record
+
+
+def source_name(source: str | os.PathLike | None) -> str | None:
+    """How a model or text source is recorded for ``--resume``: an existing path made absolute,
+    a built-in name (``smollm2``, ``wiki``) as given."""
+    if source is None:
+        return None
+    p = Path(source).expanduser()
+    return str(p.resolve()) if p.exists() else str(source)
 
 
 def run_eval(model: str, text: str = "wiki-test", *, seqlen: int = 2048, max_tokens: int | None = None,
@@ -251,7 +275,7 @@ def run_demo(
         "complete": False, "minutes_total": (time.perf_counter() - t0) / 60,
     }
     if output is not None:
-        _write_json(output, result)
+        atomic_write_json(output, result)
     try:
         for label, s in runs:
             t = time.perf_counter()
@@ -265,7 +289,7 @@ def run_demo(
             result["rows"].append(row)
             result["minutes_total"] = (time.perf_counter() - t0) / 60
             if output is not None:
-                _write_json(output, result)
+                atomic_write_json(output, result)
             echo(f"{label} {s.method}: perplexity {ppl:.2f} (× {ppl / dense:.2f}), mean rel. error "
                  f"{row['mean_relative_error']:.4f}, pruning {row['prune_seconds']:.1f} s, {minutes:.1f} min"
                  + (f", {row['unconverged_layers']} layers not converged" if row["unconverged_layers"] else ""))
@@ -275,7 +299,7 @@ def run_demo(
     result["complete"] = True
     result["minutes_total"] = (time.perf_counter() - t0) / 60
     if output is not None:
-        _write_json(output, result)
+        atomic_write_json(output, result)
     echo("")
     echo(format_table(result))
     return result

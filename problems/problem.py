@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from layerprune.problems.atomic import atomic_write
 from layerprune.problems.backend import array_module, is_torch, to_numpy, to_xp
 from layerprune.problems.patterns import Pattern, parse_pattern, resolve_sparsity
 
@@ -328,14 +329,9 @@ class LayerProblem:
         path = os.fspath(path)
         if not path.endswith(".npz"):
             path += ".npz"
-        tmp = path + ".tmp.npz"
-        np.savez(
-            tmp,
-            weight=to_numpy(self.weight),
-            hessian=to_numpy(self.raw_hessian),
-            metadata=np.array(json.dumps(self.metadata())),
-        )
-        os.replace(tmp, path)
+        arrays = dict(weight=to_numpy(self.weight), hessian=to_numpy(self.raw_hessian),
+                      metadata=np.array(json.dumps(self.metadata())))
+        atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike, sparsity: float | None = None, pattern: str | None = None) -> "LayerProblem":

@@ -25,7 +25,16 @@ from typing import Any
 import numpy as np
 
 from layerprune.problems import LayerProblem, parse_pattern
+from layerprune.problems.atomic import (
+    atomic_append_text,
+    atomic_write,
+    atomic_write_text,
+    csv_text,
+    is_temp_name,
+    sweep_temps,
+)
 from layerprune.problems.files import inspect_problem_file
+from layerprune.problems.locks import output_lock
 from layerprune.reports.bounds import LowerBound, lower_bound
 
 COLUMNS = [
@@ -58,9 +67,8 @@ def save_weight(path: str | os.PathLike, weight: np.ndarray) -> None:
     """Store a sparse W as packed mask bits + its kept values (float32 as returned)."""
     W = np.asarray(weight)
     mask = W != 0
-    tmp = os.fspath(path) + ".tmp.npz"
-    np.savez_compressed(tmp, shape=np.array(W.shape), mask=np.packbits(mask.ravel()), values=W[mask])
-    os.replace(tmp, path)
+    arrays = dict(shape=np.array(W.shape), mask=np.packbits(mask.ravel()), values=W[mask])
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def load_weight(path: str | os.PathLike) -> np.ndarray:
@@ -102,21 +110,24 @@ def _fmt(k: str, v: Any) -> str:
     return str(v)
 
 
-def _write_all(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
+def _csv_rows(rows: Sequence[dict[str, Any]], header: bool) -> str:
+    def write(buf) -> None:
+        w = csv.DictWriter(buf, fieldnames=COLUMNS)
+        if header:
+            w.writeheader()
         for r in rows:
             w.writerow({k: _fmt(k, r.get(k)) for k in COLUMNS})
-    os.replace(tmp, path)
+
+    return csv_text(write)
+
+
+def _write_all(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    atomic_write_text(path, _csv_rows(rows, header=True))
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a", newline="") as f:
-        csv.DictWriter(f, fieldnames=COLUMNS).writerow({k: _fmt(k, row.get(k)) for k in COLUMNS})
-        f.flush()
-        os.fsync(f.fileno())
+    """One row more: the file is rewritten atomically, so a kill never leaves a torn row."""
+    atomic_append_text(path, _csv_rows([row], header=False))
 
 
 def fill_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -155,7 +166,7 @@ def problem_files(problem_dir: str | os.PathLike) -> list[Path]:
     d = Path(problem_dir)
     if d.is_file():
         return [d]
-    files = sorted(p for p in d.glob("*.npz") if not p.name.endswith(".tmp.npz"))
+    files = sorted(p for p in d.glob("*.npz") if not is_temp_name(p.name) and not p.name.endswith(".tmp.npz"))
     if not files:
         raise FileNotFoundError(f"no LayerProblem files (*.npz) in {os.fspath(d)!r}")
     return files
@@ -232,6 +243,8 @@ def compare_problems(
     ``report.md``, ``report.html`` and PNG plots to ``output`` unless ``report=False``.
     ``resume=True`` keeps the finished rows of an existing results.csv and skips them.
     A method that fails on a cell gets a row with status ``error: …`` (retried on resume).
+    A second run on the same ``output`` is refused (``<output>.lock``,
+    :class:`layerprune.problems.locks.LockError`) while the first lives.
     """
     from tqdm import tqdm
 
@@ -240,78 +253,81 @@ def compare_problems(
     methods = [m.strip() for m in methods if m.strip()]
     files = check_grid(problem_dir, methods, sparsities, patterns, output, device, method_options)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    if save_weights:
-        (out / "weights").mkdir(exist_ok=True)
-    csv_path = out / "results.csv"
-    cells = grid_cells(sparsities, patterns)
-    options = method_options or {}
+    with output_lock(out):  # one run at a time on this report folder; released however the run ends
+        out.mkdir(parents=True, exist_ok=True)
+        if save_weights:
+            (out / "weights").mkdir(exist_ok=True)
+        for folder in (out, out / "weights"):
+            sweep_temps(folder)  # what a killed run left half-written
+        csv_path = out / "results.csv"
+        cells = grid_cells(sparsities, patterns)
+        options = method_options or {}
 
-    done: dict[tuple, dict[str, Any]] = {}
-    if resume:
-        for r in read_results(csv_path):
-            if r["status"] == "ok":
-                done[row_key(r["problem"], r["pattern"], r["sparsity"], r["method"])] = r
-    _write_all(csv_path, list(done.values()))  # a fresh file, or the finished rows only
+        done: dict[tuple, dict[str, Any]] = {}
+        if resume:
+            for r in read_results(csv_path):
+                if r["status"] == "ok":
+                    done[row_key(r["problem"], r["pattern"], r["sparsity"], r["method"])] = r
+        _write_all(csv_path, list(done.values()))  # a fresh file, or the finished rows only
 
-    total = len(files) * len(cells) * len(methods)
-    bar = tqdm(total=total, desc="compare", unit="solve", disable=not progress)
-    grid_keys = {row_key(f.stem, pat, s, m) for f in files for pat, s in cells for m in methods}
-    bar.update(sum(1 for k in done if k in grid_keys))
-    for path in files:
-        name = path.stem
-        try:
-            base = LayerProblem.load(path)
-        except ValueError as e:  # the header was fine (check_grid), an array is not (NaN, not PSD)
-            raise ValueError(f"{path}: {e}") from None
-        base.dense_energy()  # damped H, its float64 copy and tr(ŴHŴᵀ): once per file, shared by every cell
-        caches: dict[str, dict] = {m: {} for m in methods}  # one Hessian per file: share factorizations
-        bound_cache: dict = {}
-        for pattern, s in cells:
-            keys = [row_key(name, pattern, s, m) for m in methods]
-            if all(k in done for k in keys):
-                continue
+        total = len(files) * len(cells) * len(methods)
+        bar = tqdm(total=total, desc="compare", unit="solve", disable=not progress)
+        grid_keys = {row_key(f.stem, pat, s, m) for f in files for pat, s in cells for m in methods}
+        bar.update(sum(1 for k in done if k in grid_keys))
+        for path in files:
+            name = path.stem
             try:
-                prob = base.with_sparsity(s, pattern)
-            except ValueError as exc:
-                for m, k in zip(methods, keys):
-                    if k not in done:
-                        row = _row(name, base, pattern, s, m, status=f"error: {exc}")
-                        _append(csv_path, row)
-                        done[k] = row
-                        bar.update(1)
-                continue
-            bound = _cell_bound(prob, [done.get(k) for k in keys], lower_bounds, bound_cache)
-            for m, k in zip(methods, keys):
-                if k in done:
+                base = LayerProblem.load(path)
+            except ValueError as e:  # the header was fine (check_grid), an array is not (NaN, not PSD)
+                raise ValueError(f"{path}: {e}") from None
+            base.dense_energy()  # damped H, its float64 copy and tr(ŴHŴᵀ): once per file, shared by every cell
+            caches: dict[str, dict] = {m: {} for m in methods}  # one Hessian per file: share factorizations
+            bound_cache: dict = {}
+            for pattern, s in cells:
+                keys = [row_key(name, pattern, s, m) for m in methods]
+                if all(k in done for k in keys):
                     continue
-                bar.set_postfix_str(f"{name} {pattern} {sparsity_label(s)} {m}")
-                row = _row(name, prob, pattern, s, m, bound=bound)
                 try:
-                    res = solve(prob, method=m, device=device, cache=caches[m], **options.get(m, {}))
-                except Exception as exc:  # noqa: BLE001 - one failing method must not stop the grid
-                    row["status"] = f"error: {type(exc).__name__}: {exc}"
-                else:
-                    row.update(
-                        status="ok", objective=res.objective, relative_error=res.relative_error,
-                        achieved_sparsity=res.sparsity, seconds=res.seconds, iterations=res.iterations,
-                    )
-                    if save_weights:
-                        rel = weight_file(name, pattern, s, m)
-                        save_weight(out / rel, res.weight)
-                        row["weights"] = rel
-                _append(csv_path, row)
-                done[k] = row
-                bar.update(1)
-    bar.close()
-    rows = fill_gaps(read_results(csv_path))
-    _write_all(csv_path, rows)
-    if report:
-        from layerprune.reports.render import write_report
+                    prob = base.with_sparsity(s, pattern)
+                except ValueError as exc:
+                    for m, k in zip(methods, keys):
+                        if k not in done:
+                            row = _row(name, base, pattern, s, m, status=f"error: {exc}")
+                            _append(csv_path, row)
+                            done[k] = row
+                            bar.update(1)
+                    continue
+                bound = _cell_bound(prob, [done.get(k) for k in keys], lower_bounds, bound_cache)
+                for m, k in zip(methods, keys):
+                    if k in done:
+                        continue
+                    bar.set_postfix_str(f"{name} {pattern} {sparsity_label(s)} {m}")
+                    row = _row(name, prob, pattern, s, m, bound=bound)
+                    try:
+                        res = solve(prob, method=m, device=device, cache=caches[m], **options.get(m, {}))
+                    except Exception as exc:  # noqa: BLE001 - one failing method must not stop the grid
+                        row["status"] = f"error: {type(exc).__name__}: {exc}"
+                    else:
+                        row.update(
+                            status="ok", objective=res.objective, relative_error=res.relative_error,
+                            achieved_sparsity=res.sparsity, seconds=res.seconds, iterations=res.iterations,
+                        )
+                        if save_weights:
+                            rel = weight_file(name, pattern, s, m)
+                            save_weight(out / rel, res.weight)
+                            row["weights"] = rel
+                    _append(csv_path, row)
+                    done[k] = row
+                    bar.update(1)
+        bar.close()
+        rows = fill_gaps(read_results(csv_path))
+        _write_all(csv_path, rows)
+        if report:
+            from layerprune.reports.render import write_report
 
-        write_report(rows, out, methods=methods, sparsities=sorted({s for _, s in cells}),
-                     patterns=[parse_pattern(p).name for p in patterns], device=device)
-    return rows
+            write_report(rows, out, methods=methods, sparsities=sorted({s for _, s in cells}),
+                         patterns=[parse_pattern(p).name for p in patterns], device=device)
+        return rows
 
 
 def _row(name: str, prob: LayerProblem, pattern: str, s: float, method: str,

@@ -20,9 +20,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from layerprune.problems.atomic import atomic_write  # noqa: E402
 from layerprune.reports.grid import sparsity_label  # noqa: E402
 
 MARKERS = "osD^v<>pX*h"
+
+
+def _save(fig, path: Path) -> None:
+    """One PNG, written atomically; the figure is closed."""
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90))
+    finally:
+        plt.close(fig)
 
 
 def _safe(name: str) -> str:
@@ -93,8 +102,7 @@ def make_plots(rows: list[dict[str, Any]], folder: Path, methods: Sequence[str])
             ax.legend(fontsize=8)
             fig.tight_layout()
             caption = f"Relative error per layer, pattern {pat} (log scale; bars: certified lower bound)"
-        fig.savefig(folder / name, dpi=90)
-        plt.close(fig)
+        _save(fig, folder / name)
         images[name] = caption
 
     cells = sorted({(r["pattern"], sparsity_label(r["sparsity"])) for r in ok}, key=lambda c: (c[0], float(c[1])))
@@ -136,8 +144,7 @@ def make_plots(rows: list[dict[str, Any]], folder: Path, methods: Sequence[str])
             fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.2 * nr)))
         name = f"{key}.png"
-        fig.savefig(folder / name, dpi=90)
-        plt.close(fig)
+        _save(fig, folder / name)
         suffix = "" if any_point or key == "gap_to_best" else " — no bound available for any layer"
         images[name] = f"Per layer: each method's {title}, in % (symmetric log scale){suffix}"
 
@@ -148,7 +155,6 @@ def make_plots(rows: list[dict[str, Any]], folder: Path, methods: Sequence[str])
     ax.set_yscale("log")
     ax.set_ylabel("seconds per solve (log)")
     fig.tight_layout()
-    fig.savefig(folder / "runtime.png", dpi=90)
-    plt.close(fig)
+    _save(fig, folder / "runtime.png")
     images["runtime.png"] = "Run time per solve, per method (all layers, patterns and sparsities)"
     return images

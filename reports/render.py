@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from layerprune.problems.atomic import atomic_write_text
 from layerprune.reports import plots
 from layerprune.reports.bounds import bound_limits
 from layerprune.reports.grid import sparsity_label
@@ -227,6 +228,6 @@ def write_report(rows: list[dict[str, Any]], output: str | os.PathLike, methods:
     images = plots.make_plots(rows, folder, methods)
     blocks = build_blocks(rows, methods, sparsities, patterns, images, device)
     md, hp = folder / "report.md", folder / "report.html"
-    md.write_text(to_markdown(blocks), encoding="utf-8")
-    hp.write_text(to_html(blocks, folder), encoding="utf-8")
+    atomic_write_text(md, to_markdown(blocks))
+    atomic_write_text(hp, to_html(blocks, folder))
     return {"markdown": md, "html": hp, **{k: folder / k for k in images}}

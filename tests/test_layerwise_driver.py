@@ -190,8 +190,12 @@ def test_resume_refuses_another_runs_checkpoint(calib, tmp_path):
     with pytest.raises(Crash):
         prune_model(tiny_model("llama"), calib, PruneSettings(method="wanda", sparsity=0.5), checkpoint=ckpt,
                     after_block=_crash_after(0), progress=False)
-    with pytest.raises(LayerwiseError, match="another run"):
+    with pytest.raises(LayerwiseError, match="made with sparsity=0.5, this run has sparsity=0.6"):
         prune_model(tiny_model("llama"), calib, PruneSettings(method="wanda", sparsity=0.6), checkpoint=ckpt,
+                    resume=True, progress=False)
+    # the same arguments on another model (other weights): the fingerprint is the backstop
+    with pytest.raises(LayerwiseError, match="another run"):
+        prune_model(tiny_model("llama", seed=1), calib, PruneSettings(method="wanda", sparsity=0.5), checkpoint=ckpt,
                     resume=True, progress=False)
 
 
