@@ -20,6 +20,9 @@ import sys
 from typing import Any
 
 from layerprune.layerwise.errors import LayerwiseError
+from layerprune.layerwise.settings import PruneSettings
+
+PRUNE_DEFAULTS = PruneSettings()
 
 
 def _parse_value(text: str) -> Any:
@@ -77,8 +80,9 @@ def _add_help_options(p: argparse.ArgumentParser) -> None:
                    help="list METHOD's options (for --option) with their defaults, and exit")
 
 
-def _add_device(p: argparse.ArgumentParser, threads: int | None = None) -> None:
-    p.add_argument("--device", default="cpu", help="where blocks (and evaluation) run: cpu, cuda, cuda:1 … (default cpu)")
+def _add_device(p: argparse.ArgumentParser, threads: int | None = None, device: str | None = "cpu") -> None:
+    p.add_argument("--device", default=device,
+                   help=f"where blocks (and evaluation) run: cpu, cuda, cuda:1 … (default {device or PRUNE_DEFAULTS.device})")
     p.add_argument("--threads", type=int, default=threads,
                    help="CPU threads for torch and BLAS (default: " + ("all" if threads is None else str(threads)) + ")")
 
@@ -95,28 +99,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prune", help="prune a model block by block, evaluate it, save it")
-    p.add_argument("--model", required=True, help="HF folder, .gguf file, or 'smollm2'")
-    p.add_argument("--method", default="alps", help="alps, sparsegpt, wanda, magnitude, … (default alps)")
+    d = PRUNE_DEFAULTS  # every default is PruneSettings' own; None here means "not given"
+    p.add_argument("--model", default=None, help="HF folder, .gguf file, or 'smollm2' (or model: in the recipe)")
+    p.add_argument("--recipe", default=None, help="a YAML file of settings: method, options, sparsity, pattern, "
+                                                  "targets, ignore, overrides, … (README, Recipes)")
+    p.add_argument("--method", default=None, help=f"alps, sparsegpt, wanda, magnitude, … (default {d.method})")
     p.add_argument("--sparsity", type=float, default=None, help="fraction of weights removed, in [0, 1) (implied by N:M)")
-    p.add_argument("--pattern", default="unstructured", help="unstructured, row, or N:M such as 2:4")
-    p.add_argument("--calib", default="wiki", help="'wiki', or a text file/folder (default wiki)")
-    p.add_argument("--nsamples", type=int, default=128, help="calibration segments (default 128)")
-    p.add_argument("--seqlen", type=int, default=2048, help="tokens per segment and per evaluation window (default 2048)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--damping", type=float, default=0.01, help="λ = damping · mean(diag H) (default 0.01)")
+    p.add_argument("--pattern", default=None, help=f"unstructured, row, or N:M such as 2:4 (default {d.pattern})")
+    p.add_argument("--calib", default=None, help=f"'wiki', or a text file/folder (default {d.calib})")
+    p.add_argument("--nsamples", type=int, default=None, help=f"calibration segments (default {d.nsamples})")
+    p.add_argument("--seqlen", type=int, default=None,
+                   help=f"tokens per segment and per evaluation window (default {d.seqlen})")
+    p.add_argument("--seed", type=int, default=None, help=f"calibration sampling seed (default {d.seed})")
+    p.add_argument("--damping", type=float, default=None, help=f"λ = damping · mean(diag H) (default {d.damping})")
     p.add_argument("--output", required=True, help="folder for the pruned model (written atomically)")
-    p.add_argument("--text", default="wiki-test", help="evaluation text: 'wiki-test' or a file/folder")
+    p.add_argument("--text", dest="eval_text", default=None,
+                   help=f"evaluation text: 'wiki-test' or a file/folder (default {d.eval_text})")
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluate on the first N tokens only (CPU runs)")
     p.add_argument("--no-eval", action="store_true", help="skip the dense and pruned perplexity")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished block")
     p.add_argument("--log", default=None, help="also write the JSON run log here")
-    p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per block forward (default 8)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"calibration sequences per block forward (default {d.batch_size})")
     p.add_argument("--solver-device", default=None, help="where the solver runs (default: cuda when --device is a GPU)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. max_iter=100 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dtype(p)
     _add_help_options(p)
-    _add_device(p)
+    _add_device(p, device=None)
 
     p = sub.add_parser("eval", help="perplexity of a model on a text")
     p.add_argument("--model", required=True)
@@ -185,16 +195,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- commands ------------------------------------------------------------------------------
+PRUNE_ARGS = ("model", "method", "sparsity", "pattern", "calib", "nsamples", "seqlen", "seed", "damping", "eval_text",
+              "eval_tokens", "batch_size", "solver_device", "dtype", "device")  # flags named as PruneSettings' fields
+
+
+def prune_settings_given(a: argparse.Namespace) -> dict:
+    """The PruneSettings fields the command line gave (a flag left out keeps the recipe's or the default)."""
+    given = {k: getattr(a, k) for k in PRUNE_ARGS if getattr(a, k) is not None}
+    if a.option:
+        given["options"] = parse_options(a.option)
+    if a.no_stream:
+        given["stream"] = False
+    if a.no_eval:
+        given["eval_text"] = None
+    return given
+
+
 def cmd_prune(a: argparse.Namespace) -> int:
     from layerprune.layerwise.pipeline import run_prune
 
-    rec = run_prune(
-        a.model, a.output, method=a.method, sparsity=a.sparsity, pattern=a.pattern, calib=a.calib,
-        nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed, damping=a.damping, device=a.device,
-        solver_device=a.solver_device, batch_size=a.batch_size, options=parse_options(a.option),
-        dtype=a.dtype, stream=not a.no_stream, eval_text=None if a.no_eval else a.text, eval_tokens=a.eval_tokens, resume=a.resume, log=a.log,
-        progress=not a.quiet,
-    )
+    given = prune_settings_given(a)
+    rec = run_prune(given.pop("model", None), a.output, recipe=a.recipe, resume=a.resume, log=a.log,
+                    progress=not a.quiet, **given)
     line = f"pruned {len(rec['layers'])} layers to sparsity {rec['sparsity']:.4f} ({rec['pattern']}) with {rec['method']}"
     line += f", mean relative error {rec['mean_relative_error']:.4g}, {rec['seconds_total'] / 60:.1f} min"
     if rec.get("unconverged_layers"):

@@ -29,103 +29,23 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from layerprune.layerwise.blocks import capture_inputs, collect_hessians, run_block
-from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, context_length
-from layerprune.layerwise.recipe import DEFAULT_TARGETS, check_entries, parse_overrides, plan_layers
+from layerprune.layerwise.recipe import plan_layers
+from layerprune.layerwise.settings import PruneSettings
 from layerprune.layerwise.stores import block_tensors, store_for
-from layerprune.problems import LayerProblem, resolve_sparsity
+from layerprune.problems import LayerProblem
 from layerprune.problems.atomic import atomic_write, atomic_write_json
-from layerprune.solvers import check_options, solve_many
+from layerprune.solvers import solve_many
 
 CHECKPOINT_VERSION = 3  # 3: every tensor of a pruned block under its model name (the output's shards); no activations
-
-
-@dataclass
-class PruneSettings:
-    """What to prune and how.
-
-    method : a registered method (``layerprune.available_methods()``).
-    sparsity : fraction removed per layer in [0, 1); None for N:M patterns (1 − N/M).
-    pattern : "unstructured", "row" or "N:M".
-    damping : λ = damping · mean(diag H).
-    device : where each block runs while it is pruned ("cpu", "cuda", …).
-    solver_device : where the solver runs ("cpu"/"cuda"; None: "cuda" when ``device`` is a GPU).
-    batch_size : calibration sequences per block forward.
-    options : passed to the method (e.g. ``{"max_iter": 100}`` for ALPS).
-    targets, ignore : which linears inside the blocks are pruned (``layerwise.recipe``: class
-        names, full module names, ``re:`` patterns); ignored ones stay dense.
-    overrides : per-layer sparsity / pattern / method / options (``recipe.Override`` or mappings).
-    """
-
-    method: str = "alps"
-    sparsity: float | None = None
-    pattern: str = "unstructured"
-    damping: float = 0.01
-    device: str = "cpu"
-    solver_device: str | None = None
-    batch_size: int = 8
-    options: dict = field(default_factory=dict)
-    targets: tuple = DEFAULT_TARGETS
-    ignore: tuple = ()
-    overrides: tuple = ()
-
-    def validate(self) -> None:
-        """Check every setting (the method and its options, the pattern, ranges, the devices); fills in an
-        N:M pattern's sparsity. Cheap: call it before loading anything."""
-        try:
-            check_options(self.method, self.options)  # the method, then each option by name, type and range
-        except ValueError as e:
-            raise LayerwiseError(str(e)) from None
-        self.sparsity = checked_sparsity(self.sparsity, self.pattern)
-        self.targets = tuple(check_entries(self.targets, "targets"))
-        self.ignore = tuple(check_entries(self.ignore, "ignore"))
-        self.overrides = parse_overrides(self.overrides)
-        for i, o in enumerate(self.overrides):  # each override's layers as a whole run would see them
-            method = o.values.get("method", self.method)
-            options = o.values.get("options", self.options if method == self.method else {})
-            try:
-                check_options(method, options)
-            except ValueError as e:
-                raise LayerwiseError(f"overrides[{i}]: {e}") from None
-            checked_sparsity(o.values.get("sparsity", None if "pattern" in o.values else self.sparsity),
-                             o.values.get("pattern", self.pattern), f"overrides[{i}]: ")
-        check_at_least("damping", self.damping, 0)
-        check_at_least("batch_size", self.batch_size, 1)
-        check_torch_device(self.device, "--device")
-        check_solver_device(self.solve_device, "--solver-device")
-
-    def layer(self, plan: dict) -> tuple[str, dict, float, str]:
-        """(method, options, sparsity, pattern) of a layer whose override values are ``plan``.
-        An override's pattern without a sparsity takes the pattern's own (N:M) or the run's."""
-        method = plan.get("method", self.method)
-        options = plan.get("options", self.options if method == self.method else {})
-        pattern = plan.get("pattern", self.pattern)
-        sparsity = plan.get("sparsity", None if "pattern" in plan and ":" in str(pattern) else self.sparsity)
-        return method, options, checked_sparsity(sparsity, pattern), pattern
-
-    @property
-    def solve_device(self) -> str:
-        """The solver's device: ``solver_device``, else the block device when it is a GPU
-        (``cuda:N`` included: torch and CuPy then work on the same device), else the CPU."""
-        if self.solver_device is not None:
-            return self.solver_device
-        return str(self.device) if str(self.device).startswith("cuda") else "cpu"
-
-
-def checked_sparsity(sparsity: float | None, pattern: str, where: str = "") -> float:
-    """``problems.resolve_sparsity`` with its error as a LayerwiseError, prefixed by ``where``."""
-    try:
-        return resolve_sparsity(sparsity, pattern)
-    except ValueError as e:
-        raise LayerwiseError(f"{where}{e}") from None
 
 
 def check_seqlen(model: nn.Module, seqlen: int) -> None:

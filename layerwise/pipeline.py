@@ -45,60 +45,40 @@ def checkpoint_folder(output: str | os.PathLike) -> Path:
 
 
 def run_prune(
-    model: str,
+    model: str | None,
     output: str | os.PathLike,
     *,
-    method: str = "alps",
-    sparsity: float | None = None,
-    pattern: str = "unstructured",
-    calib: str = "wiki",
-    nsamples: int = 128,
-    seqlen: int = 2048,
-    seed: int = 0,
-    damping: float = 0.01,
-    device: str = "cpu",
-    solver_device: str | None = None,
-    batch_size: int = 8,
-    options: dict | None = None,
-    dtype: str | None = None,
-    stream: bool = True,
-    eval_text: str | None = "wiki-test",
-    eval_tokens: int | None = None,
+    recipe: str | dict | None = None,
     resume: bool = False,
     log: str | os.PathLike | None = None,
     progress: bool = True,
+    **settings: Any,
 ) -> dict:
     """Prune ``model`` and save it to ``output`` (an HF folder with ``layerprune_run.json``).
 
-    Perplexity (dense and pruned) is measured on ``eval_text`` in windows of ``seqlen``
-    over its first ``eval_tokens`` tokens (all when None); ``eval_text=None`` skips it.
-    dtype : weights and block forwards in "bfloat16", "float16" or "float32" (None: the
-        checkpoint's own; GGUF: float32). Hessians are float32, solvers float32.
-    stream : an HF safetensors folder is read one block at a time (``layerwise.lazy``) and the
-        output written as one shard per block; False loads it whole. GGUF is always loaded whole.
+    settings : the fields of :class:`~layerprune.layerwise.settings.PruneSettings` (method,
+        sparsity, pattern, options, targets, ignore, overrides, calib, nsamples, seqlen, seed,
+        dtype, stream, eval_text, eval_tokens, device, …); ``recipe`` (a YAML file or a dict)
+        gives the others. Everything is checked before the model loads.
+    Perplexity (dense and pruned) is measured on ``eval_text`` in windows of ``seqlen`` over
+    its first ``eval_tokens`` tokens (all when None); ``eval_text=None`` skips it. An HF
+    safetensors folder is read one block at a time and written as one shard per block.
     """
-    settings = PruneSettings(method=method, sparsity=sparsity, pattern=pattern, damping=damping, device=device,
-                             solver_device=solver_device, batch_size=batch_size, options=dict(options or {}))
-    settings.validate()  # method, options, pattern, sparsity, damping, batch size, devices
-    check_at_least("nsamples", nsamples, 1)
-    check_at_least("seqlen", seqlen, 2)
-    check_at_least("eval_tokens", eval_tokens, 2, optional=True)
-    check_text_source(calib, "--calib")
-    if eval_text is not None:
-        check_text_source(eval_text, "--text")
+    s = PruneSettings.build(recipe, **({"model": model} if model is not None else {}), **settings)
+    if s.model is None:
+        raise LayerwiseError("no model given (--model, or model: in the recipe)")
+    s.validate_run()
     check_output_folder(output, "--output")
     check_output_file(log, "--log")
-    torch_dtype = parse_dtype(dtype)
-    resolve_model(model)  # a missing path fails before anything slow
+    resolve_model(s.model)  # a missing path fails before anything slow
     ckpt = Checkpoint(checkpoint_folder(output))
     # one run at a time on this output and its checkpoint; the locks go when the run ends, however it ends
     with output_lock(output, error=LayerwiseError), output_lock(ckpt.folder, error=LayerwiseError):
         for folder in (ckpt.folder.parent, ckpt.folder):
             sweep_temps(folder)  # what a killed run left half-written
         ckpt.check_resumable(resume)
-        extra = {"model": source_name(model), "calib": source_name(calib), "seed": seed,
-                 "eval_text": source_name(eval_text), "eval_tokens": eval_tokens, "dtype": dtype}
-        arguments = resume_arguments(settings, nsamples, seqlen, extra)
+        sources = {"model": source_name(s.model), "calib": source_name(s.calib), "eval_text": source_name(s.eval_text)}
+        arguments = resume_arguments(s, s.nsamples, s.seqlen, sources)
         dense = None
         if resume and ckpt.exists():  # refused here, before the model loads, when an argument differs
             state = ckpt.read_state()
@@ -106,29 +86,29 @@ def run_prune(
             if state.get("arguments") is not None:  # the evaluation arguments match: its dense perplexity holds
                 dense = state.get("dense_perplexity")
         t0 = time.perf_counter()
-        net, tokenizer = open_model(model, torch_dtype, stream=stream)
-        check_seqlen(net, seqlen)
-        ids = calibration_segments(tokenizer, calib, nsamples, seqlen, seed)
+        net, tokenizer = open_model(s.model, parse_dtype(s.dtype), stream=s.stream)
+        check_seqlen(net, s.seqlen)
+        ids = calibration_segments(tokenizer, s.calib, s.nsamples, s.seqlen, s.seed)
         store = store_for(net)
         record: dict[str, Any] = {
-            "model": str(model), "method": method, "sparsity": settings.sparsity, "pattern": settings.pattern,
-            "calib": str(calib), "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
-            "eval_text": eval_text, "eval_tokens": eval_tokens,
+            "model": str(s.model), "method": s.method, "sparsity": s.sparsity, "pattern": s.pattern,
+            "calib": str(s.calib), "nsamples": s.nsamples, "seqlen": s.seqlen, "seed": s.seed,
+            "eval_text": s.eval_text, "eval_tokens": s.eval_tokens,
             "dtype": str(next(p for p in net.parameters() if p.device.type != "meta").dtype).removeprefix("torch."),
             "streamed": store.streamed,
         }
         stream_ids = None
-        if eval_text is not None:
-            stream_ids = evaluation_stream(tokenizer, eval_text, max_tokens=eval_tokens)
-            record["eval_tokens_used"] = (stream_ids.numel() // seqlen) * seqlen
+        if s.eval_text is not None:
+            stream_ids = evaluation_stream(tokenizer, s.eval_text, max_tokens=s.eval_tokens)
+            record["eval_tokens_used"] = (stream_ids.numel() // s.seqlen) * s.seqlen
             if dense is None:
-                dense = perplexity(net, stream_ids, seqlen, device=device, progress=progress)
+                dense = perplexity(net, stream_ids, s.seqlen, device=s.device, progress=progress)
             record["dense_perplexity"] = dense
-        run = prune_model(net, ids, settings, checkpoint=ckpt.folder, resume=resume, progress=progress,
-                          extra_state={"dense_perplexity": record.get("dense_perplexity")}, arguments=extra)
+        run = prune_model(net, ids, s, checkpoint=ckpt.folder, resume=resume, progress=progress,
+                          extra_state={"dense_perplexity": record.get("dense_perplexity")}, arguments=sources)
         record.update(run)
         if stream_ids is not None:
-            record["perplexity"] = perplexity(net, stream_ids, seqlen, device=device, progress=progress)
+            record["perplexity"] = perplexity(net, stream_ids, s.seqlen, device=s.device, progress=progress)
         record["seconds_total"] = time.perf_counter() - t0
         text = json.dumps(record, indent=1)
         if store.streamed:  # the checkpoint's block files are the output's shards

@@ -1,0 +1,152 @@
+"""The settings of a pruning run: one dataclass, every default defined here once.
+
+The command line, a recipe file (YAML, ``--recipe``), :func:`layerprune.prune`'s keyword
+arguments and the demo all build a :class:`PruneSettings` and hand it on; the driver reads
+its pruning part, the pipeline its model, data and evaluation part.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
+from layerprune.layerwise.errors import LayerwiseError
+from layerprune.layerwise.recipe import DEFAULT_TARGETS, check_entries, load_recipe, parse_overrides
+from layerprune.problems import resolve_sparsity
+from layerprune.solvers import check_options
+
+
+@dataclass
+class PruneSettings:
+    """What to prune, how, on what data, and where.
+
+    model : the model to load (an HF folder, a .gguf file, ``smollm2``); None when the model is
+        handed over in memory (:func:`layerprune.prune`).
+    dtype : weights and block forwards in "bfloat16", "float16" or "float32" (None: the checkpoint's
+        own; GGUF: float32). Hessians and solvers are float32 whatever it is.
+    stream : read an HF safetensors folder one block at a time (``layerwise.lazy``).
+    method : a registered method (``layerprune.available_methods()``).
+    sparsity : fraction removed per layer in [0, 1); None for N:M patterns (1 − N/M).
+    pattern : "unstructured", "row" or "N:M".
+    damping : λ = damping · mean(diag H).
+    device : where each block runs while it is pruned ("cpu", "cuda", …).
+    solver_device : where the solver runs ("cpu"/"cuda"; None: "cuda" when ``device`` is a GPU).
+    batch_size : calibration sequences per block forward.
+    options : passed to the method (e.g. ``{"max_iter": 100}`` for ALPS).
+    targets, ignore : which linears inside the blocks are pruned (``layerwise.recipe``: class
+        names, full module names, ``re:`` patterns); ignored ones stay dense.
+    overrides : per-layer sparsity / pattern / method / options (``recipe.Override`` or mappings).
+    calib, nsamples, seqlen, seed : calibration source, segments, tokens per segment (and per
+        evaluation window), the sampling seed.
+    eval_text, eval_tokens : the perplexity text (None: no evaluation) and its first tokens (None: all).
+    """
+
+    model: str | None = None
+    dtype: str | None = None
+    stream: bool = True
+    method: str = "alps"
+    sparsity: float | None = None
+    pattern: str = "unstructured"
+    damping: float = 0.01
+    device: str = "cpu"
+    solver_device: str | None = None
+    batch_size: int = 8
+    options: dict = field(default_factory=dict)
+    targets: tuple = DEFAULT_TARGETS
+    ignore: tuple = ()
+    overrides: tuple = ()
+    calib: str = "wiki"
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+    eval_text: str | None = "wiki-test"
+    eval_tokens: int | None = None
+
+    @classmethod
+    def build(cls, recipe: str | dict | None = None, **given: Any) -> PruneSettings:
+        """Settings from a recipe (a YAML file's path or a dict of these fields) and keyword
+        arguments (those given; the rest keep the recipe's values, then the defaults here).
+
+        Unknown keys are errors naming them (with the closest field); a keyword argument that
+        contradicts the recipe is an error naming both values."""
+        data = load_recipe(recipe)
+        names = [f.name for f in fields(cls)]
+        for where, keys in (("recipe", data), ("settings", given)):
+            unknown = [k for k in keys if k not in names]
+            if unknown:
+                hints = [f" (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, names, 1)) else ""
+                         for k in unknown]
+                raise LayerwiseError(f"{where}: unknown key(s) " + ", ".join(f"{k!r}{h}" for k, h in zip(unknown, hints))
+                                     + f"; the keys are {', '.join(names)}")
+        clash = [k for k in data if k in given and given[k] != data[k]]
+        if clash:
+            raise LayerwiseError("the recipe and the arguments disagree on " + ", ".join(
+                f"{k} (recipe {data[k]!r}, argument {given[k]!r})" for k in clash))
+        return cls(**{**data, **given})
+
+    def validate_run(self) -> None:
+        """:meth:`validate`, and the run's data and model settings (counts, text sources, dtype):
+        all before any model loads."""
+        from layerprune.layerwise.data import check_text_source
+        from layerprune.layerwise.lazy import parse_dtype
+
+        self.validate()
+        check_at_least("nsamples", self.nsamples, 1)
+        check_at_least("seqlen", self.seqlen, 2)
+        check_at_least("eval_tokens", self.eval_tokens, 2, optional=True)
+        check_text_source(self.calib, "--calib")
+        if self.eval_text is not None:
+            check_text_source(self.eval_text, "--text")
+        parse_dtype(self.dtype)
+
+    def validate(self) -> None:
+        """Check the pruning settings (the method and its options, the pattern, ranges, targets and
+        overrides, the devices); fills in an N:M pattern's sparsity. Cheap: call it before loading anything."""
+        try:
+            check_options(self.method, self.options)  # the method, then each option by name, type and range
+        except ValueError as e:
+            raise LayerwiseError(str(e)) from None
+        self.sparsity = checked_sparsity(self.sparsity, self.pattern)
+        self.targets = tuple(check_entries(self.targets, "targets"))
+        self.ignore = tuple(check_entries(self.ignore, "ignore"))
+        self.overrides = parse_overrides(self.overrides)
+        for i, o in enumerate(self.overrides):  # each override's layers as a whole run would see them
+            method = o.values.get("method", self.method)
+            options = o.values.get("options", self.options if method == self.method else {})
+            try:
+                check_options(method, options)
+            except ValueError as e:
+                raise LayerwiseError(f"overrides[{i}]: {e}") from None
+            checked_sparsity(o.values.get("sparsity", None if "pattern" in o.values else self.sparsity),
+                             o.values.get("pattern", self.pattern), f"overrides[{i}]: ")
+        check_at_least("damping", self.damping, 0)
+        check_at_least("batch_size", self.batch_size, 1)
+        check_torch_device(self.device, "--device")
+        check_solver_device(self.solve_device, "--solver-device")
+
+    def layer(self, plan: dict) -> tuple[str, dict, float, str]:
+        """(method, options, sparsity, pattern) of a layer whose override values are ``plan``.
+        An override's pattern without a sparsity takes the pattern's own (N:M) or the run's."""
+        method = plan.get("method", self.method)
+        options = plan.get("options", self.options if method == self.method else {})
+        pattern = plan.get("pattern", self.pattern)
+        sparsity = plan.get("sparsity", None if "pattern" in plan and ":" in str(pattern) else self.sparsity)
+        return method, options, checked_sparsity(sparsity, pattern), pattern
+
+    @property
+    def solve_device(self) -> str:
+        """The solver's device: ``solver_device``, else the block device when it is a GPU
+        (``cuda:N`` included: torch and CuPy then work on the same device), else the CPU."""
+        if self.solver_device is not None:
+            return self.solver_device
+        return str(self.device) if str(self.device).startswith("cuda") else "cpu"
+
+
+def checked_sparsity(sparsity: float | None, pattern: str, where: str = "") -> float:
+    """``problems.resolve_sparsity`` with its error as a LayerwiseError, prefixed by ``where``."""
+    try:
+        return resolve_sparsity(sparsity, pattern)
+    except ValueError as e:
+        raise LayerwiseError(f"{where}{e}") from None
