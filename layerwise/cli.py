@@ -90,6 +90,19 @@ def _add_dtype(p: argparse.ArgumentParser) -> None:
                    help="load an HF safetensors folder whole instead of reading one block at a time")
 
 
+CALIB_HELP = ("calibration text: 'wiki', a text file/folder, a .jsonl/.json/.parquet file, or "
+              "hf:NAME[:CONFIG[:SPLIT]] from the datasets cache (default wiki)")
+TEXT_HELP = ("evaluation text: 'wiki-test', a text file/folder, a .jsonl/.json/.parquet file, or "
+             "hf:NAME[:CONFIG[:SPLIT]] from the datasets cache (default wiki-test)")
+
+
+def _add_text_field(p: argparse.ArgumentParser) -> None:
+    from layerprune.layerwise.sources import TEXT_FIELD
+
+    p.add_argument("--text-field", default=TEXT_FIELD,
+                   help=f"the text field/column of .jsonl/.json/.parquet and hf: sources (default {TEXT_FIELD})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="layerprune", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -99,14 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="alps", help="alps, sparsegpt, wanda, magnitude, … (default alps)")
     p.add_argument("--sparsity", type=float, default=None, help="fraction of weights removed, in [0, 1) (implied by N:M)")
     p.add_argument("--pattern", default="unstructured", help="unstructured, row, or N:M such as 2:4")
-    p.add_argument("--calib", default="wiki", help="'wiki', or a text file/folder (default wiki)")
+    p.add_argument("--calib", default="wiki", help=CALIB_HELP)
     p.add_argument("--nsamples", type=int, default=128, help="calibration segments (default 128)")
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per segment and per evaluation window (default 2048)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--damping", type=float, default=0.01, help="λ = damping · mean(diag H) (default 0.01)")
     p.add_argument("--output", required=True, help="folder for the pruned model (written atomically)")
-    p.add_argument("--text", default="wiki-test", help="evaluation text: 'wiki-test' or a file/folder")
+    p.add_argument("--text", default="wiki-test", help=TEXT_HELP)
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluate on the first N tokens only (CPU runs)")
+    _add_text_field(p)
     p.add_argument("--no-eval", action="store_true", help="skip the dense and pruned perplexity")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished block")
     p.add_argument("--log", default=None, help="also write the JSON run log here")
@@ -120,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="perplexity of a model on a text")
     p.add_argument("--model", required=True)
-    p.add_argument("--text", default="wiki-test")
+    p.add_argument("--text", default="wiki-test", help=TEXT_HELP)
+    _add_text_field(p)
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate on the first N tokens only")
     p.add_argument("--batch-size", type=int, default=1)
@@ -130,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("capture", help="save LayerProblem files of chosen blocks (dense activations)")
     p.add_argument("--model", required=True)
-    p.add_argument("--calib", default="wiki")
+    p.add_argument("--calib", default="wiki", help=CALIB_HELP)
+    _add_text_field(p)
     p.add_argument("--layers", required=True, help="block numbers, e.g. 0,15,29 (negatives count from the end), or all")
     p.add_argument("--output", required=True, help="folder for the .npz problem files")
     p.add_argument("--nsamples", type=int, default=128)
@@ -171,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "that pattern); each is run with each of --methods")
     p.add_argument("--sparsity", type=float, default=None, help="the one sparsity when --settings is not given (default 0.7)")
     p.add_argument("--pattern", default=None, help="the one pattern when --settings is not given (default unstructured)")
-    p.add_argument("--calib", default="wiki", help="'wiki', or a text file/folder (default wiki)")
-    p.add_argument("--text", default="wiki-test", help="evaluation text: 'wiki-test' or a file/folder")
+    p.add_argument("--calib", default="wiki", help=CALIB_HELP)
+    p.add_argument("--text", default="wiki-test", help=TEXT_HELP)
+    _add_text_field(p)
     p.add_argument("--nsamples", type=int, default=None, help="calibration segments (default 16)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per segment and window (default 512)")
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluation tokens (default 8192; 0: the whole text)")
@@ -193,7 +210,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
         nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed, damping=a.damping, device=a.device,
         solver_device=a.solver_device, batch_size=a.batch_size, options=parse_options(a.option),
         dtype=a.dtype, stream=not a.no_stream, eval_text=None if a.no_eval else a.text, eval_tokens=a.eval_tokens, resume=a.resume, log=a.log,
-        progress=not a.quiet,
+        text_field=a.text_field, progress=not a.quiet,
     )
     line = f"pruned {len(rec['layers'])} layers to sparsity {rec['sparsity']:.4f} ({rec['pattern']}) with {rec['method']}"
     line += f", mean relative error {rec['mean_relative_error']:.4g}, {rec['seconds_total'] / 60:.1f} min"
@@ -210,7 +227,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from layerprune.layerwise.pipeline import run_eval
 
     r = run_eval(a.model, a.text, seqlen=a.seqlen, max_tokens=a.max_tokens, device=a.device,
-                 batch_size=a.batch_size, dtype=a.dtype, stream=not a.no_stream, progress=not a.quiet)
+                 batch_size=a.batch_size, dtype=a.dtype, stream=not a.no_stream, text_field=a.text_field,
+                 progress=not a.quiet)
     print(f"perplexity {r['perplexity']:.3f} on {r['tokens']} tokens of {r['text']} (windows of {r['seqlen']})")
     return 0
 
@@ -225,7 +243,7 @@ def cmd_capture(a: argparse.Namespace) -> int:
     resolve_model(a.model)
     model, tokenizer = load_model(a.model)
     check_seqlen(model, a.seqlen)
-    ids = calibration_segments(tokenizer, a.calib, a.nsamples, a.seqlen, a.seed)
+    ids = calibration_segments(tokenizer, a.calib, a.nsamples, a.seqlen, a.seed, a.text_field)
     paths = capture_problems(model, ids, a.layers, a.output, sparsity=a.sparsity, pattern=a.pattern,
                              damping=a.damping, device=a.device, batch_size=a.batch_size)
     print(f"wrote {len(paths)} problem files to {a.output}")
@@ -246,7 +264,7 @@ def check_capture_args(a: argparse.Namespace) -> None:
     check_fraction("sparsity", a.sparsity)
     block_numbers(a.layers)
     check_torch_device(a.device, "--device")
-    check_text_source(a.calib, "--calib")
+    check_text_source(a.calib, "--calib", a.text_field)
     check_output_folder(a.output, "--output")
 
 
@@ -329,7 +347,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         a.model, tuple(_names(a.methods)), settings=a.settings, sparsity=sparsity, pattern=pattern, calib=a.calib,
         text=a.text, nsamples=a.nsamples or DEMO_DEFAULTS["nsamples"], seqlen=a.seqlen or DEMO_DEFAULTS["seqlen"],
         eval_tokens=eval_tokens, device=a.device, batch_size=a.batch_size, eval_batch_size=a.eval_batch_size,
-        output=a.output, progress=not a.quiet,
+        text_field=a.text_field, output=a.output, progress=not a.quiet,
     )
     return 0
 
