@@ -262,9 +262,15 @@ class ColumnTexts(Sequence):
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        value = self.dataset[int(i)][self.field]
+        return self.checked(self.dataset[int(i)][self.field], int(i))
+
+    def __iter__(self) -> Iterator[str]:
+        for i, value in enumerate(self.dataset[self.field]):  # the whole column at once (a list or a lazy column)
+            yield self.checked(value, i)
+
+    def checked(self, value: Any, i: int) -> str:
         if not isinstance(value, str):
-            raise LayerwiseError(f"{self.where}: row {int(i) + 1} of {self.field!r} is {type(value).__name__}, not text")
+            raise LayerwiseError(f"{self.where}: row {i + 1} of {self.field!r} is {type(value).__name__}, not text")
         return value
 
 

@@ -159,8 +159,8 @@ class FakeDataset:
     def __len__(self):
         return len(self.rows)
 
-    def __getitem__(self, i):
-        return self.rows[i]
+    def __getitem__(self, i):  # a row, or a whole column by name
+        return [r[i] for r in self.rows] if isinstance(i, str) else self.rows[i]
 
 
 @pytest.fixture
