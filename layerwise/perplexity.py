@@ -4,6 +4,10 @@ The stream (first ``max_tokens`` tokens if given) is cut into ⌊n / seqlen⌋ w
 ``seqlen`` tokens (the remainder is dropped); each window is scored on its own:
 
     PPL = exp( Σ_windows Σ_{t=1}^{seqlen−1} −log p(x_t | x_<t) / (windows · (seqlen − 1)) ).
+
+With a BOS token (``eval_windows(..., bos=id)``) each window is [BOS] + seqlen − 1 stream tokens,
+so every stream token in a window is scored and the BOS is not. A 2-D tensor of windows
+(``layerwise.data.evaluation_windows``) is scored as given.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 from torch import nn
 
 from layerprune.layerwise.errors import LayerwiseError
+from layerprune.layerwise.tokens import text_length, with_bos
 
 
 @torch.no_grad()
@@ -49,17 +54,25 @@ def perplexity(
     return math.exp(nll / count)
 
 
-def eval_windows(stream: torch.Tensor, seqlen: int, max_tokens: int | None = None) -> torch.Tensor:
-    """The (windows × seqlen) non-overlapping windows of the stream's first ``max_tokens`` tokens."""
+def eval_windows(stream: torch.Tensor, seqlen: int, max_tokens: int | None = None, bos: int | None = None) -> torch.Tensor:
+    """The (windows × seqlen) non-overlapping windows of the stream's first ``max_tokens`` tokens;
+    with ``bos``, [bos] + seqlen − 1 stream tokens each. A 2-D ``stream`` is windows already."""
+    if seqlen < 2:
+        raise LayerwiseError(f"seqlen must be ≥ 2, got {seqlen}")
+    if stream.ndim == 2:
+        if stream.shape[1] != seqlen or stream.shape[0] == 0 or max_tokens is not None:
+            raise LayerwiseError(f"evaluation windows of shape {tuple(stream.shape)} do not match seqlen={seqlen}"
+                                 + (" (max_tokens applies to a 1-D stream)" if max_tokens is not None else ""))
+        return stream
     ids = stream.reshape(-1)
     if max_tokens is not None:
         ids = ids[: int(max_tokens)]
-    if seqlen < 2:
-        raise LayerwiseError(f"seqlen must be ≥ 2, got {seqlen}")
-    windows = ids.numel() // seqlen
+    length = text_length(seqlen, bos)
+    windows = ids.numel() // length
     if windows == 0:
-        raise LayerwiseError(f"the evaluation text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}")
-    return ids[: windows * seqlen].reshape(windows, seqlen)
+        raise LayerwiseError(f"the evaluation text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}"
+                             + (" (BOS + seqlen − 1 text tokens)" if bos is not None else ""))
+    return with_bos(ids[: windows * length].reshape(windows, length), bos)
 
 
 def next_token_nll(logits: torch.Tensor, batch: torch.Tensor) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from layerprune.layerwise.checks import check_at_least, check_output_file, check_output_folder, check_torch_device
-from layerprune.layerwise.data import calibration_segments, check_text_source, evaluation_stream
+from layerprune.layerwise.data import calibration_segments, check_text_source, evaluation_windows
 from layerprune.layerwise.driver import (
     Checkpoint,
     PruneSettings,
@@ -31,7 +31,9 @@ from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.lazy import open_model, parse_dtype, save_sharded
 from layerprune.layerwise.models import block_linears, find_blocks, load_model, output_folder, resolve_model, save_model
 from layerprune.layerwise.perplexity import perplexity
+from layerprune.layerwise.sources import TEXT_FIELD
 from layerprune.layerwise.stores import store_for
+from layerprune.layerwise.tokens import bos_id, text_length
 from layerprune.problems.atomic import atomic_folder, atomic_write_json, sweep_temps
 from layerprune.problems.locks import output_lock
 
@@ -88,19 +90,21 @@ def run_prune(
         t0 = time.perf_counter()
         net, tokenizer = open_model(s.model, parse_dtype(s.dtype), stream=s.stream)
         check_seqlen(net, s.seqlen)
-        ids = calibration_segments(tokenizer, s.calib, s.nsamples, s.seqlen, s.seed)
+        ids = calibration_segments(tokenizer, s.calib, s.nsamples, s.seqlen, s.seed, s.text_field)
         store = store_for(net)
+        bos = bos_id(tokenizer)
         record: dict[str, Any] = {
             "model": str(s.model), "method": s.method, "sparsity": s.sparsity, "pattern": s.pattern,
             "calib": str(s.calib), "nsamples": s.nsamples, "seqlen": s.seqlen, "seed": s.seed,
-            "eval_text": s.eval_text, "eval_tokens": s.eval_tokens,
+            "eval_text": s.eval_text, "eval_tokens": s.eval_tokens, "text_field": s.text_field,
+            "bos": bos is not None, "bos_id": bos,
             "dtype": str(next(p for p in net.parameters() if p.device.type != "meta").dtype).removeprefix("torch."),
             "streamed": store.streamed,
         }
         stream_ids = None
         if s.eval_text is not None:
-            stream_ids = evaluation_stream(tokenizer, s.eval_text, max_tokens=s.eval_tokens)
-            record["eval_tokens_used"] = (stream_ids.numel() // s.seqlen) * s.seqlen
+            stream_ids = evaluation_windows(tokenizer, s.eval_text, s.seqlen, s.eval_tokens, text_field=s.text_field)
+            record["eval_tokens_used"] = stream_ids.shape[0] * text_length(s.seqlen, bos)
             if dense is None:
                 dense = perplexity(net, stream_ids, s.seqlen, device=s.device, progress=progress)
             record["dense_perplexity"] = dense
@@ -134,22 +138,23 @@ def source_name(source: str | os.PathLike | None) -> str | None:
 
 def run_eval(model: str, text: str = "wiki-test", *, seqlen: int = 2048, max_tokens: int | None = None,
              device: str = "cpu", batch_size: int = 1, dtype: str | None = None, stream: bool = True,
-             progress: bool = True) -> dict:
+             text_field: str = TEXT_FIELD, progress: bool = True) -> dict:
     """Perplexity of ``model`` on ``text`` in non-overlapping windows of ``seqlen`` tokens (an HF
     safetensors folder block by block unless ``stream=False``)."""
     check_at_least("seqlen", seqlen, 2)
     check_at_least("max_tokens", max_tokens, 2, optional=True)
     check_at_least("batch_size", batch_size, 1)
     check_torch_device(device, "--device")
-    check_text_source(text, "--text")
+    check_text_source(text, "--text", text_field)
     torch_dtype = parse_dtype(dtype)
     resolve_model(model)
     net, tokenizer = open_model(model, torch_dtype, stream=stream)
     check_seqlen(net, seqlen)
-    stream = evaluation_stream(tokenizer, text, max_tokens=max_tokens)
+    stream = evaluation_windows(tokenizer, text, seqlen, max_tokens, text_field=text_field)
     ppl = perplexity(net, stream, seqlen, device=device, batch_size=batch_size, progress=progress)
-    return {"model": str(model), "text": str(text), "seqlen": seqlen,
-            "tokens": (stream.numel() // seqlen) * seqlen, "perplexity": ppl}
+    bos = bos_id(tokenizer)
+    return {"model": str(model), "text": str(text), "seqlen": seqlen, "bos": bos is not None, "bos_id": bos,
+            "tokens": stream.shape[0] * text_length(seqlen, bos), "perplexity": ppl}
 
 
 # -- the demo ----------------------------------------------------------------------------
@@ -202,6 +207,7 @@ def run_demo(
     device: str = "cpu",
     batch_size: int = 8,
     eval_batch_size: int = 1,
+    text_field: str = TEXT_FIELD,
     output: str | os.PathLike | None = None,
     progress: bool = True,
     echo=None,
@@ -229,16 +235,17 @@ def run_demo(
     check_at_least("nsamples", nsamples, 1)
     check_at_least("seqlen", seqlen, 2)
     check_at_least("eval_tokens", eval_tokens, 2, optional=True)
-    check_text_source(calib, "--calib")
-    check_text_source(text, "--text")
+    check_text_source(calib, "--calib", text_field)
+    check_text_source(text, "--text", text_field)
     check_output_file(output, "--output")
     resolve_model(model)
     t0 = time.perf_counter()
     net, tokenizer = load_model(model)
     check_seqlen(net, seqlen)
-    ids = calibration_segments(tokenizer, calib, nsamples, seqlen, seed)
-    stream = evaluation_stream(tokenizer, text, max_tokens=eval_tokens)
-    used = (stream.numel() // seqlen) * seqlen
+    ids = calibration_segments(tokenizer, calib, nsamples, seqlen, seed, text_field)
+    stream = evaluation_windows(tokenizer, text, seqlen, eval_tokens, text_field=text_field)
+    bos = bos_id(tokenizer)
+    used = stream.shape[0] * text_length(seqlen, bos)
     if str(device) != "cpu":
         net.to(device)  # perplexity needs the whole model there anyway: move it once, not per block and row
     _, blocks = find_blocks(net)
@@ -250,7 +257,7 @@ def run_demo(
     echo(f"dense perplexity {dense:.2f} ({used} tokens; load + data + eval {setup_minutes:.1f} min)")
     result: dict[str, Any] = {
         "model": model, "calib": str(calib), "text": str(text), "blocks": len(blocks), "nsamples": nsamples,
-        "seqlen": seqlen, "eval_tokens": used, "device": str(device), "methods": list(methods),
+        "seqlen": seqlen, "eval_tokens": used, "bos": bos is not None, "bos_id": bos, "device": str(device), "methods": list(methods),
         "settings": list(dict.fromkeys(label for label, _ in runs)), "dense_perplexity": dense, "rows": [],
         "complete": False, "minutes_total": (time.perf_counter() - t0) / 60,
     }

@@ -14,6 +14,7 @@ from typing import Any
 from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.recipe import DEFAULT_TARGETS, check_entries, load_recipe, parse_overrides
+from layerprune.layerwise.sources import TEXT_FIELD
 from layerprune.problems import resolve_sparsity
 from layerprune.solvers import check_options
 
@@ -41,6 +42,7 @@ class PruneSettings:
     calib, nsamples, seqlen, seed : calibration source, segments, tokens per segment (and per
         evaluation window), the sampling seed.
     eval_text, eval_tokens : the perplexity text (None: no evaluation) and its first tokens (None: all).
+    text_field : the field/column of .jsonl/.json/.parquet and hf: text sources.
     """
 
     model: str | None = None
@@ -63,6 +65,7 @@ class PruneSettings:
     seed: int = 0
     eval_text: str | None = "wiki-test"
     eval_tokens: int | None = None
+    text_field: str = TEXT_FIELD
 
     @classmethod
     def build(cls, recipe: str | dict | None = None, **given: Any) -> PruneSettings:
@@ -96,9 +99,9 @@ class PruneSettings:
         check_at_least("nsamples", self.nsamples, 1)
         check_at_least("seqlen", self.seqlen, 2)
         check_at_least("eval_tokens", self.eval_tokens, 2, optional=True)
-        check_text_source(self.calib, "--calib")
+        check_text_source(self.calib, "--calib", self.text_field)
         if self.eval_text is not None:
-            check_text_source(self.eval_text, "--text")
+            check_text_source(self.eval_text, "--text", self.text_field)
         parse_dtype(self.dtype)
 
     def validate(self) -> None:

@@ -31,6 +31,22 @@ def byte_tokenizer():
     return fast
 
 
+@functools.lru_cache(maxsize=1)
+def bos_byte_tokenizer():
+    """:func:`byte_tokenizer` with a BOS token ``<s>`` (id 257) that its post-processor puts first
+    by default (as Llama's tokenizers do): ``tok("a")["input_ids"] == [257, 64]``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)} | {"<|endoftext|>": 256, "<s>": 257}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 257)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<s>")
+
+
 def tiny_config(family: str, hidden: int = 32, layers: int = 2, context: int = 128):
     from transformers import AutoConfig
 

@@ -272,3 +272,17 @@ def test_limit_threads_sets_and_restores(files, capsys):
     assert torch.get_num_threads() == before
     assert main(["eval", "--model", str(files / "tiny"), "--threads", "0"]) == 2
     assert "threads must be ≥ 1" in capsys.readouterr().err
+
+
+def test_text_field_reaches_eval_and_capture(files, tmp_path, capsys):
+    docs = tmp_path / "docs.jsonl"
+    words = tiny_text(3000).split(". ")
+    docs.write_text("".join(json.dumps({"body": w + ".", "id": i}) + "\n" for i, w in enumerate(words)))
+    assert main(["eval", "--model", str(files / "tiny"), "--text", str(docs), "--text-field", "body", "--seqlen", "32",
+                 "--max-tokens", "512", "--quiet"]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    assert main(["eval", "--model", str(files / "tiny"), "--text", str(docs), "--seqlen", "32", "--quiet"]) == 2
+    assert "line 1 has no 'text' field (its fields: 'body', 'id')" in capsys.readouterr().err
+    assert main(["capture", "--model", str(files / "tiny"), "--calib", str(docs), "--text-field", "body",
+                 "--layers", "0", "--nsamples", "2", "--seqlen", "32", "--output", str(tmp_path / "p")]) == 0
+    assert len(list((tmp_path / "p").glob("*.npz"))) == 7

@@ -108,7 +108,7 @@ def test_empty_text_is_an_error(tmp_path, content):
 
 
 def test_unknown_source_and_empty_folder(tmp_path):
-    with pytest.raises(LayerwiseError, match="neither"):
+    with pytest.raises(LayerwiseError, match="does not exist"):
         data.load_documents(tmp_path / "nope")
     with pytest.raises(LayerwiseError, match="holds no"):
         data.load_documents(tmp_path)

@@ -57,3 +57,13 @@ def test_gguf_model_saves_and_reloads(smollm2, tmp_path):
     assert torch.equal(ids, tok2("The capital of France is Paris.", return_tensors="pt").input_ids)
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-5)
+
+
+def test_smollm2_tokenizer_adds_no_bos(smollm2):
+    """The GGUF tokenizer's BOS is <|im_start|> but it is not added by default, so windows carry no BOS
+    (the demo's numbers are those of before the BOS convention)."""
+    from layerprune.layerwise.tokens import bos_id
+
+    _, tok = smollm2
+    assert tok.bos_token == "<|im_start|>" and tok("hi")["input_ids"][0] != tok.bos_token_id
+    assert bos_id(tok) is None
