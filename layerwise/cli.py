@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver-device", default=None, help="where the solver runs (default: cuda when --device is a GPU)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. max_iter=100 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--save-format", default="dense", choices=("dense", "compressed"),
+                   help="dense safetensors, or the pruned layers as compressed-tensors bitmasks "
+                        "(sparse-24-bitmask when all are 2:4; needs pip install 'layerprune[compressed]')")
     _add_dtype(p)
     _add_help_options(p)
     _add_device(p)
@@ -193,7 +196,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
         nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed, damping=a.damping, device=a.device,
         solver_device=a.solver_device, batch_size=a.batch_size, options=parse_options(a.option),
         dtype=a.dtype, stream=not a.no_stream, eval_text=None if a.no_eval else a.text, eval_tokens=a.eval_tokens, resume=a.resume, log=a.log,
-        progress=not a.quiet,
+        progress=not a.quiet, save_format=a.save_format,
     )
     line = f"pruned {len(rec['layers'])} layers to sparsity {rec['sparsity']:.4f} ({rec['pattern']}) with {rec['method']}"
     line += f", mean relative error {rec['mean_relative_error']:.4g}, {rec['seconds_total'] / 60:.1f} min"
@@ -202,7 +205,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     print(line)
     if "perplexity" in rec:
         print(f"perplexity {rec['perplexity']:.3f} (dense {rec['dense_perplexity']:.3f}) on {rec['eval_tokens_used']} tokens")
-    print(f"saved to {a.output}")
+    print(f"saved to {a.output}" + (f" ({rec['save_format']})" if rec.get("save_format", "dense") != "dense" else ""))
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from layerprune.layerwise.checks import check_at_least, check_output_file, check_output_folder, check_torch_device
+from layerprune.layerwise.compressed import Compression, check_save_format
 from layerprune.layerwise.data import _write_atomic, calibration_segments, check_text_source, evaluation_stream
 from layerprune.layerwise.driver import Checkpoint, PruneSettings, check_seqlen, prune_model
 from layerprune.layerwise.errors import LayerwiseError
@@ -63,6 +64,7 @@ def run_prune(
     resume: bool = False,
     log: str | os.PathLike | None = None,
     progress: bool = True,
+    save_format: str = "dense",
 ) -> dict:
     """Prune ``model`` and save it to ``output`` (an HF folder with ``layerprune_run.json``).
 
@@ -72,6 +74,8 @@ def run_prune(
         checkpoint's own; GGUF: float32). Hessians are float32, solvers float32.
     stream : an HF safetensors folder is read one block at a time (``layerwise.lazy``) and the
         output written as one shard per block; False loads it whole. GGUF is always loaded whole.
+    save_format : "dense" (plain safetensors) or "compressed": the pruned layers in compressed-tensors'
+        bitmask layout (``layerwise.compressed``; ``sparse-24-bitmask`` when every one is 2:4).
     """
     settings = PruneSettings(method=method, sparsity=sparsity, pattern=pattern, damping=damping, device=device,
                              solver_device=solver_device, batch_size=batch_size, options=dict(options or {}))
@@ -84,6 +88,7 @@ def run_prune(
         check_text_source(eval_text, "--text")
     check_output_folder(output, "--output")
     check_output_file(log, "--log")
+    check_save_format(save_format)
     torch_dtype = parse_dtype(dtype)
     resolve_model(model)  # a missing path fails before anything slow
     ckpt = Checkpoint(checkpoint_folder(output))
@@ -114,14 +119,17 @@ def run_prune(
     record.update(run)
     if stream is not None:
         record["perplexity"] = perplexity(net, stream, seqlen, device=device, progress=progress)
+    compression = Compression.from_run(record) if save_format == "compressed" else None
+    record["save_format"] = compression.format if compression is not None else "dense"
     record["seconds_total"] = time.perf_counter() - t0
     text = json.dumps(record, indent=1)
     store = store_for(net)
     if store.streamed:  # the checkpoint's block files are the output's shards
         files = [ckpt.block_file(i) for i in range(len(store))]
-        write_folder(output, lambda tmp: save_sharded(net, files, tokenizer, tmp, extra_files={RUN_LOG: text}))
+        write_folder(output, lambda tmp: save_sharded(net, files, tokenizer, tmp, extra_files={RUN_LOG: text},
+                                                      compression=compression))
     else:
-        save_model(net, tokenizer, output, extra_files={RUN_LOG: text})
+        save_model(net, tokenizer, output, extra_files={RUN_LOG: text}, compression=compression)
     if log is not None:
         _write_json(log, record)
     ckpt.remove()
