@@ -8,7 +8,8 @@ that reads each one from disk when the driver reaches it. Host memory holds the
 embeddings, one block and the calibration activations, whatever the depth.
 
 :func:`save_sharded` writes the output: one shard per block (the checkpoint's block files,
-hard-linked, not copied), one shard for the rest, ``model.safetensors.index.json``, the
+hard-linked, not copied; with ``--save-format compressed`` each written compressed by
+``layerwise.compressed``), one shard for the rest, ``model.safetensors.index.json``, the
 config, the tokenizer: a folder ``AutoModelForCausalLM.from_pretrained`` reads.
 """
 
