@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver-device", default=None, help="where the solver runs (default: cuda when --device is a GPU)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. max_iter=100 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--save-format", default=None, choices=("dense", "compressed"),
+                   help="dense safetensors, or the pruned layers as compressed-tensors bitmasks "
+                        "(sparse-24-bitmask when all are 2:4; needs pip install 'layerprune[compressed]')")
     _add_dtype(p)
     _add_help_options(p)
     _add_device(p, device=None)
@@ -211,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ------------------------------------------------------------------------------
 PRUNE_ARGS = ("model", "method", "sparsity", "pattern", "calib", "nsamples", "seqlen", "seed", "damping", "eval_text",
-              "eval_tokens", "batch_size", "solver_device", "dtype", "device", "text_field")  # flags named as PruneSettings' fields
+              "eval_tokens", "batch_size", "solver_device", "dtype", "device", "text_field", "save_format")  # flags named as PruneSettings' fields
 
 
 def prune_settings_given(a: argparse.Namespace) -> dict:
@@ -239,7 +242,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     print(line)
     if "perplexity" in rec:
         print(f"perplexity {rec['perplexity']:.3f} (dense {rec['dense_perplexity']:.3f}) on {rec['eval_tokens_used']} tokens")
-    print(f"saved to {a.output}")
+    print(f"saved to {a.output}" + (f" ({rec['save_format']})" if rec.get("save_format", "dense") != "dense" else ""))
     return 0
 
 

@@ -266,7 +266,8 @@ def write_pruned(weight: torch.Tensor, solution: torch.Tensor, mask: torch.Tenso
     narrow dtype (|w| below fp16's 6e-8, bf16's 9e-41) becomes the smallest subnormal of its sign,
     so the saved model has exactly the solver's support."""
     mask = mask.to(device=weight.device, dtype=torch.bool)
-    value = solution.to(device=weight.device, dtype=weight.dtype) * mask
+    value = solution.to(device=weight.device, dtype=weight.dtype)
+    value = torch.where(mask, value, torch.zeros((), dtype=value.dtype, device=value.device))  # +0.0, never -0.0
     lost = mask & (value == 0)
     if bool(lost.any()):
         info = torch.finfo(weight.dtype)

@@ -8,7 +8,8 @@ that reads each one from disk when the driver reaches it. Host memory holds the
 embeddings, one block and the calibration activations, whatever the depth.
 
 :func:`save_sharded` writes the output: one shard per block (the checkpoint's block files,
-hard-linked, not copied), one shard for the rest, ``model.safetensors.index.json``, the
+hard-linked, not copied; with ``--save-format compressed`` each written compressed by
+``layerwise.compressed``), one shard for the rest, ``model.safetensors.index.json``, the
 config, the tokenizer: a folder ``AutoModelForCausalLM.from_pretrained`` reads.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from layerprune.layerwise.compressed import Compression, compressed_weights, plain_config, read_tensor
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import find_blocks
 from layerprune.layerwise.stores import StreamedBlocks, set_tensor
@@ -58,6 +60,8 @@ class SafetensorsFolder:
                 self.weight_map = {key: SINGLE for key in f.keys()}
         else:
             raise LayerwiseError(f"{self.folder} holds no {SINGLE} and no {INDEX}")
+        # a compressed weight (layerwise.compressed) is read, decompressed, under its dense name
+        self.weight_map.update({w: self.weight_map[p + ".bitmask"] for w, p in compressed_weights(self.weight_map).items()})
 
     @staticmethod
     def present(folder: str | os.PathLike) -> bool:
@@ -79,8 +83,9 @@ class SafetensorsFolder:
         out = {}
         for file, keys in by_file.items():
             with safe_open(str(self.folder / file), framework="pt", device=str(device)) as f:
+                stored = set(f.keys())
                 for key in keys:
-                    out[key] = f.get_tensor(key)
+                    out[key] = read_tensor(f, key, stored)
         return out
 
 
@@ -110,7 +115,7 @@ def open_lazy(folder: str | os.PathLike, dtype: torch.dtype | None = None) -> nn
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    config = plain_config(AutoConfig.from_pretrained(folder, local_files_only=True))
     dtype = dtype or checkpoint_dtype(config)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -139,10 +144,11 @@ def non_block_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_sharded(model: nn.Module, block_files: list[Path], tokenizer: Any, folder: Path,
-                 extra_files: dict[str, str] | None = None) -> None:
+                 extra_files: dict[str, str] | None = None, compression: Compression | None = None) -> None:
     """Fill ``folder`` (new, empty) with a sharded safetensors model: the block files hard-linked as
-    shards 1 … n (copied where links are impossible), the non-block tensors as the last shard, the
-    index, the config (with its dtype), the generation config and the tokenizer."""
+    shards 1 … n (copied where links are impossible; with ``compression``, written compressed),
+    the non-block tensors as the last shard, the index, the config (with its dtype), the
+    generation config and the tokenizer."""
     import shutil
 
     from safetensors import safe_open
@@ -153,14 +159,17 @@ def save_sharded(model: nn.Module, block_files: list[Path], tokenizer: Any, fold
     size = 0
     for i, src in enumerate(block_files):
         name = f"model-{i + 1:05d}-of-{total:05d}.safetensors"
-        try:
-            os.link(src, folder / name)
-        except OSError:
-            shutil.copy2(src, folder / name)
-        with safe_open(str(src), framework="pt") as f:
+        if compression is not None:
+            compression.compress_file(src, folder / name)
+        else:
+            try:
+                os.link(src, folder / name)
+            except OSError:
+                shutil.copy2(src, folder / name)
+        with safe_open(str(folder / name), framework="pt") as f:
             for key in f.keys():
                 weight_map[key] = name
-        size += Path(src).stat().st_size
+        size += (folder / name).stat().st_size
     rest = non_block_tensors(model)
     last = f"model-{total:05d}-of-{total:05d}.safetensors"
     save_file(rest, str(folder / last), metadata={"format": "pt"})
@@ -169,6 +178,8 @@ def save_sharded(model: nn.Module, block_files: list[Path], tokenizer: Any, fold
     (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=1),
                                 encoding="utf-8")
     model.config.save_pretrained(folder)
+    if compression is not None:
+        compression.mark(folder)
     generation = getattr(model, "generation_config", None)
     if generation is not None:
         generation.save_pretrained(folder)

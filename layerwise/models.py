@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from layerprune.layerwise.compressed import Compression, is_compressed, load_compressed_model
 from layerprune.layerwise.data import package_dir
 from layerprune.layerwise.errors import LayerwiseError, MissingPackageError, UnsupportedModelError
 from layerprune.problems.atomic import atomic_folder, atomic_write_text
@@ -137,8 +138,11 @@ def load_model(spec: str | os.PathLike, dtype: torch.dtype | None = None) -> tup
     tokenizer = load_tokenizer(src)
     with _quiet_transformers():
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                src.folder, dtype=dtype or (torch.float32 if src.is_gguf else "auto"), **kwargs)
+            if not src.is_gguf and is_compressed(src.folder):  # bitmask weights: ours to decompress
+                model = load_compressed_model(src.folder, dtype)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    src.folder, dtype=dtype or (torch.float32 if src.is_gguf else "auto"), **kwargs)
         except (OSError, ValueError, KeyError) as e:
             raise LayerwiseError(f"cannot load a causal language model from {src.spec!r}: {e}") from e
     model.eval()
@@ -211,8 +215,10 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     return fresh.eval()
 
 
-def save_model(model: nn.Module, tokenizer: Any, output: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
-    """Save model (safetensors), tokenizer and ``extra_files`` (name → text) as an HF folder.
+def save_model(model: nn.Module, tokenizer: Any, output: str | os.PathLike, extra_files: dict[str, str] | None = None,
+               compression: Compression | None = None) -> Path:
+    """Save model (safetensors), tokenizer and ``extra_files`` (name → text) as an HF folder;
+    ``compression``: its pruned weights stored compressed (``layerwise.compressed``).
 
     The folder is built beside ``output`` and swapped into place (``problems.atomic.atomic_folder``),
     so ``output`` is never a half-written model: a crash leaves the previous folder (or nothing)
@@ -224,6 +230,8 @@ def save_model(model: nn.Module, tokenizer: Any, output: str | os.PathLike, extr
                       or getattr(model.config, "quantization_config", None) is not None)
         plain = _plain_copy(model) if needs_copy else model
         plain.save_pretrained(tmp, safe_serialization=True)
+        if compression is not None:
+            compression.compress_folder(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():

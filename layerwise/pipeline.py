@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from layerprune.layerwise.checks import check_at_least, check_output_file, check_output_folder, check_torch_device
+from layerprune.layerwise.compressed import Compression, check_save_format
 from layerprune.layerwise.data import calibration_segments, check_text_source, evaluation_windows
 from layerprune.layerwise.driver import (
     Checkpoint,
@@ -72,6 +73,7 @@ def run_prune(
     s.validate_run()
     check_output_folder(output, "--output")
     check_output_file(log, "--log")
+    check_save_format(s.save_format)
     resolve_model(s.model)  # a missing path fails before anything slow
     ckpt = Checkpoint(checkpoint_folder(output))
     # one run at a time on this output and its checkpoint; the locks go when the run ends, however it ends
@@ -113,14 +115,16 @@ def run_prune(
         record.update(run)
         if stream_ids is not None:
             record["perplexity"] = perplexity(net, stream_ids, s.seqlen, device=s.device, progress=progress)
+        compression = Compression.from_run(record) if s.save_format == "compressed" else None
+        record["save_format"] = compression.format if compression is not None else "dense"
         record["seconds_total"] = time.perf_counter() - t0
         text = json.dumps(record, indent=1)
         if store.streamed:  # the checkpoint's block files are the output's shards
             files = [ckpt.block_file(i) for i in range(len(store))]
             with atomic_folder(output_folder(output)) as tmp:
-                save_sharded(net, files, tokenizer, tmp, extra_files={RUN_LOG: text})
+                save_sharded(net, files, tokenizer, tmp, extra_files={RUN_LOG: text}, compression=compression)
         else:
-            save_model(net, tokenizer, output, extra_files={RUN_LOG: text})
+            save_model(net, tokenizer, output, extra_files={RUN_LOG: text}, compression=compression)
         if log is not None:
             atomic_write_json(log, record)
         ckpt.remove()

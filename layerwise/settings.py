@@ -43,6 +43,8 @@ class PruneSettings:
         evaluation window), the sampling seed.
     eval_text, eval_tokens : the perplexity text (None: no evaluation) and its first tokens (None: all).
     text_field : the field/column of .jsonl/.json/.parquet and hf: text sources.
+    save_format : "dense" (plain safetensors) or "compressed" (the pruned layers in compressed-tensors'
+        bitmask layout, ``layerwise.compressed``; ``sparse-24-bitmask`` when every one is 2:4).
     """
 
     model: str | None = None
@@ -66,6 +68,7 @@ class PruneSettings:
     eval_text: str | None = "wiki-test"
     eval_tokens: int | None = None
     text_field: str = TEXT_FIELD
+    save_format: str = "dense"
 
     @classmethod
     def build(cls, recipe: str | dict | None = None, **given: Any) -> PruneSettings:
