@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Any
 
+from layerprune.extras import MissingExtraError
 from layerprune.layerwise.errors import LayerwiseError
 
 
@@ -335,8 +336,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 # Bad inputs, raised where the input is checked: LayerwiseError and OptionError are ValueErrors; the
-# OS errors are a user's paths (missing, a file where a folder is needed, no permission).
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# OS errors are a user's paths (missing, a file where a folder is needed, no permission); a
+# MissingExtraError (an ImportError) names the pip command of a missing optional extra.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               MissingExtraError)
 
 
 def _one_line(e: BaseException) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from layerprune.extras import require
 from layerprune.problems import LayerProblem, parse_pattern
 from layerprune.problems.files import inspect_problem_file
 from layerprune.reports.bounds import LowerBound, lower_bound
@@ -239,6 +240,10 @@ def compare_problems(
 
     methods = [m.strip() for m in methods if m.strip()]
     files = check_grid(problem_dir, methods, sparsities, patterns, output, device, method_options)
+    if lower_bounds:
+        require("cvxpy", "reports", "cvxpy (the perspective lower bounds)")  # before any solve, not at the end
+    if report:
+        require("matplotlib", "reports", "matplotlib (the report's plots)")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     if save_weights:

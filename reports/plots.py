@@ -15,12 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from layerprune.reports.grid import sparsity_label  # noqa: E402
+from layerprune.extras import require
+from layerprune.reports.grid import sparsity_label
 
 MARKERS = "osD^v<>pX*h"
 
@@ -38,8 +34,15 @@ def _finite(x: float) -> bool:
     return isinstance(x, float) and math.isfinite(x)
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (imported here, not with the module: the ``reports`` extra)."""
+    require("matplotlib", "reports").use("Agg")
+    return require("matplotlib.pyplot", "reports", "matplotlib")
+
+
 def make_plots(rows: list[dict[str, Any]], folder: Path, methods: Sequence[str]) -> dict[str, str]:
     """Write the PNGs into ``folder``; returns {file name: caption}."""
+    plt = pyplot()
     ok = [r for r in rows if r["status"] == "ok"]
     images: dict[str, str] = {}
     if not ok:
