@@ -2,7 +2,7 @@
 
 * :func:`run_prune` — load → calibration segments → dense perplexity → block-by-block
   pruning (checkpointed, resumable) → pruned perplexity → save the model and the run log.
-* :func:`run_eval` — perplexity of a model on a text.
+* :func:`run_eval` — perplexity of a model on a text and/or zero-shot tasks (lm-eval).
 * :func:`run_demo` — SmolLM2 at one or several settings (sparsities, N:M patterns) with
   several methods in one process (one model load, calibration set, evaluation stream and
   dense perplexity); a table of perplexities beside the dense one.
@@ -25,6 +25,7 @@ from layerprune.layerwise.lazy import open_model, parse_dtype, save_sharded
 from layerprune.layerwise.models import block_linears, find_blocks, load_model, resolve_model, save_model, write_folder
 from layerprune.layerwise.perplexity import perplexity
 from layerprune.layerwise.stores import store_for
+from layerprune.layerwise.zeroshot import check_tasks, evaluate_tasks
 
 RUN_LOG = "layerprune_run.json"
 
@@ -128,24 +129,42 @@ def run_prune(
     return record
 
 
-def run_eval(model: str, text: str = "wiki-test", *, seqlen: int = 2048, max_tokens: int | None = None,
+def run_eval(model: str, text: str | None = "wiki-test", *, seqlen: int = 2048, max_tokens: int | None = None,
              device: str = "cpu", batch_size: int = 1, dtype: str | None = None, stream: bool = True,
-             progress: bool = True) -> dict:
+             tasks: Sequence[str] | None = None, task_path: str | os.PathLike | None = None,
+             limit: int | None = None, output: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Perplexity of ``model`` on ``text`` in non-overlapping windows of ``seqlen`` tokens (an HF
-    safetensors folder block by block unless ``stream=False``)."""
-    check_at_least("seqlen", seqlen, 2)
-    check_at_least("max_tokens", max_tokens, 2, optional=True)
+    safetensors folder block by block unless ``stream=False``), and/or zero-shot ``tasks`` through
+    lm-eval (``layerwise.zeroshot``: the model is then loaded whole). ``text=None`` skips perplexity;
+    ``output``: the result also written there as JSON (atomically)."""
+    if text is None and not tasks:
+        raise LayerwiseError("nothing to evaluate: give a text (--text) and/or tasks (--tasks)")
+    if text is not None:
+        check_at_least("seqlen", seqlen, 2)
+        check_at_least("max_tokens", max_tokens, 2, optional=True)
+        check_text_source(text, "--text")
     check_at_least("batch_size", batch_size, 1)
+    check_at_least("limit", limit, 1, optional=True)
     check_torch_device(device, "--device")
-    check_text_source(text, "--text")
+    check_output_file(output, "--output")
     torch_dtype = parse_dtype(dtype)
     resolve_model(model)
-    net, tokenizer = open_model(model, torch_dtype, stream=stream)
-    check_seqlen(net, seqlen)
-    stream = evaluation_stream(tokenizer, text, max_tokens=max_tokens)
-    ppl = perplexity(net, stream, seqlen, device=device, batch_size=batch_size, progress=progress)
-    return {"model": str(model), "text": str(text), "seqlen": seqlen,
-            "tokens": (stream.numel() // seqlen) * seqlen, "perplexity": ppl}
+    manager = check_tasks(tasks, task_path) if tasks else None  # names known, data cached: before the load
+    t0 = time.perf_counter()
+    net, tokenizer = open_model(model, torch_dtype, stream=stream and not tasks)  # lm-eval needs it whole
+    record: dict[str, Any] = {"model": str(model)}
+    if text is not None:
+        check_seqlen(net, seqlen)
+        ids = evaluation_stream(tokenizer, text, max_tokens=max_tokens)
+        ppl = perplexity(net, ids, seqlen, device=device, batch_size=batch_size, progress=progress)
+        record.update(text=str(text), seqlen=seqlen, tokens=(ids.numel() // seqlen) * seqlen, perplexity=ppl)
+    if tasks:
+        record["zeroshot"] = evaluate_tasks(net, tokenizer, tasks, manager=manager, batch_size=batch_size,
+                                            device=device, limit=limit, progress=progress)
+    record["seconds"] = time.perf_counter() - t0
+    if output is not None:
+        _write_json(output, record)
+    return record
 
 
 # -- the demo ----------------------------------------------------------------------------
