@@ -28,22 +28,26 @@ def install_command(extra: str) -> str:
 
 
 class MissingExtraError(ImportError):
-    """An optional package is not installed; the message names the extra's pip command."""
+    """An optional package is not installed (or cannot be imported); the message names the extra's pip command."""
 
-    def __init__(self, what: str, extra: str) -> None:
+    def __init__(self, what: str, extra: str, problem: str = "is not installed") -> None:
         self.command = install_command(extra)
         self.extra = extra
-        super().__init__(f"{what} is not installed; install it with:  {self.command}")
+        super().__init__(f"{what} {problem}; install it with:  {self.command}")
 
 
 def require(module: str, extra: str, what: str | None = None) -> ModuleType:
-    """``import module`` (dotted names allowed), or :class:`MissingExtraError` naming ``extra``."""
+    """``import module`` (dotted names allowed), or :class:`MissingExtraError` naming ``extra``: the
+    package missing, one of its own dependencies missing, or an import that fails (mismatched versions)."""
     top = module.split(".")[0]
+    name = what or top
     try:
         return importlib.import_module(module)
-    except ImportError as e:
-        missing = getattr(e, "name", None) or top
-        name = what or top
+    except ModuleNotFoundError as e:
+        missing = e.name or top
         if missing.split(".")[0] != top:  # the package is there but one of its own dependencies is not
             name = f"{name}'s dependency {missing}"
         raise MissingExtraError(name, extra) from e
+    except ImportError as e:
+        reason = " ".join(str(e).split())[:200]
+        raise MissingExtraError(name, extra, f"cannot be imported ({reason})") from e

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import logging
 import math
 import os
@@ -23,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from layerprune.extras import install_command
-from layerprune.layerwise.errors import LayerwiseError, MissingPackageError
+from layerprune.extras import require
+from layerprune.layerwise.errors import LayerwiseError
 
 NUM_FEWSHOT = 0
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -32,14 +31,12 @@ OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 def load_harness() -> Any:
     """The ``lm_eval`` module, imported with the Hugging Face caches offline (unless the caller chose
-    otherwise); :class:`MissingPackageError` naming the ``eval`` extra when it is not installed."""
+    otherwise); :class:`~layerprune.extras.MissingExtraError` naming the ``eval`` extra when it is not
+    installed or does not import."""
     for name in OFFLINE_VARIABLES:  # read once, when datasets / huggingface_hub are first imported
         os.environ.setdefault(name, "1")
-    try:
-        lm_eval = importlib.import_module("lm_eval")
-        importlib.import_module("lm_eval.tasks")
-    except ImportError as e:
-        raise MissingPackageError("lm-eval (needed for --tasks)", install_command("eval")) from e
+    lm_eval = require("lm_eval", "eval", "lm-eval")
+    require("lm_eval.tasks", "eval", "lm-eval")  # imports datasets: where a mismatched install shows
     return lm_eval
 
 

@@ -103,3 +103,11 @@ def test_setup_cfg_declares_the_extras():
         name = line.split(">")[0].split("<")[0]
         if name in ("numpy", "scipy", "torch", "transformers", "safetensors", "accelerate"):
             assert ">=" in line and ",<" in line, line  # tested lower bound, next major as the upper
+
+
+def test_an_extra_that_fails_to_import_says_so(monkeypatch, tmp_path):
+    (tmp_path / "layerprune_broken_extra.py").write_text("from json import no_such_name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(MissingExtraError, match=r"layerprune_broken_extra cannot be imported \(cannot import name "
+                                                 r"'no_such_name'.*\); install it with:  pip install 'layerprune\[eval\]'"):
+        require("layerprune_broken_extra", "eval")
