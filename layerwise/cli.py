@@ -1,7 +1,7 @@
 """The ``layerprune`` command line: prune, eval, capture, solve, compare, demo.
 
     layerprune prune   --model smollm2 --method alps --sparsity 0.7 [--pattern 2:4] --calib wiki --nsamples 128 --seqlen 2048 --output DIR
-    layerprune eval    --model DIR --text wiki-test
+    layerprune eval    --model DIR --text wiki-test [--tasks boolq,arc_easy --task-path DIR --output FILE]
     layerprune capture --model smollm2 --calib wiki --layers 0,15,29 --output problems/
     layerprune solve   problems/layer.npz --method alps --sparsity 0.8
     layerprune compare problems/ --methods alps,sparsegpt,wanda,magnitude --sparsity 0.5,0.6,0.7,0.8,0.9 --output report/
@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Any
 
+from layerprune.extras import MissingExtraError
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.settings import PruneSettings
 
@@ -143,9 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_help_options(p)
     _add_device(p, device=None)
 
-    p = sub.add_parser("eval", help="perplexity of a model on a text")
+    p = sub.add_parser("eval", help="perplexity of a model on a text and/or zero-shot tasks (lm-eval)")
     p.add_argument("--model", required=True)
-    p.add_argument("--text", default="wiki-test", help=TEXT_HELP)
+    p.add_argument("--text", default=None, help=TEXT_HELP.replace("(default wiki-test)", "(default wiki-test; with "
+                                                                  "--tasks alone: no perplexity)"))
+    p.add_argument("--tasks", default=None,
+                   help="zero-shot lm-eval tasks, e.g. boolq,arc_easy: data from the local cache only; loads the "
+                        "model whole (needs pip install 'layerprune[eval]')")
+    p.add_argument("--task-path", default=None, help="a folder of lm-eval YAML task configs (for --tasks)")
+    p.add_argument("--limit", type=int, default=None, help="the first N documents of each task only (quick checks)")
+    p.add_argument("--output", default=None, help="also write the results as JSON here")
     _add_text_field(p)
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate on the first N tokens only")
@@ -248,11 +256,18 @@ def cmd_prune(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from layerprune.layerwise.pipeline import run_eval
+    from layerprune.layerwise.zeroshot import format_task_table
 
-    r = run_eval(a.model, a.text, seqlen=a.seqlen, max_tokens=a.max_tokens, device=a.device,
-                 batch_size=a.batch_size, dtype=a.dtype, stream=not a.no_stream, text_field=a.text_field,
-                 progress=not a.quiet)
-    print(f"perplexity {r['perplexity']:.3f} on {r['tokens']} tokens of {r['text']} (windows of {r['seqlen']})")
+    text = a.text if a.text is not None or a.tasks is not None else "wiki-test"
+    r = run_eval(a.model, text, seqlen=a.seqlen, max_tokens=a.max_tokens, device=a.device,
+                 batch_size=a.batch_size, dtype=a.dtype, stream=not a.no_stream, text_field=a.text_field, tasks=a.tasks,
+                 task_path=a.task_path, limit=a.limit, output=a.output, progress=not a.quiet)
+    if "perplexity" in r:
+        print(f"perplexity {r['perplexity']:.3f} on {r['tokens']} tokens of {r['text']} (windows of {r['seqlen']})")
+    if "zeroshot" in r:
+        print(format_task_table(r["zeroshot"]["rows"]))
+    if a.output:
+        print(f"results written to {a.output}")
     return 0
 
 
@@ -384,8 +399,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 # Bad inputs, raised where the input is checked: LayerwiseError and OptionError are ValueErrors; the
-# OS errors are a user's paths (missing, a file where a folder is needed, no permission).
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# OS errors are a user's paths (missing, a file where a folder is needed, no permission); a
+# MissingExtraError (an ImportError) names the pip command of a missing optional extra.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               MissingExtraError)
 
 
 def _one_line(e: BaseException) -> str:

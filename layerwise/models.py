@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from layerprune.extras import install_command
 from layerprune.layerwise.compressed import Compression, is_compressed, load_compressed_model
 from layerprune.layerwise.data import package_dir
 from layerprune.layerwise.errors import LayerwiseError, MissingPackageError, UnsupportedModelError
@@ -87,9 +88,10 @@ def resolve_model(spec: str | os.PathLike) -> ModelSource:
 
 
 def _require_gguf_support() -> None:
-    for module, pip_name in (("gguf", "gguf"), ("accelerate", "accelerate")):
+    """gguf (the ``gguf`` extra) and accelerate, found without importing them (transformers imports them)."""
+    for module, command in (("gguf", install_command("gguf")), ("accelerate", "pip install accelerate")):
         if importlib.util.find_spec(module) is None:
-            raise MissingPackageError(f"{pip_name} (needed to load GGUF files)", f"pip install {pip_name}")
+            raise MissingPackageError(f"{module} (needed to load GGUF files)", command)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 * :func:`run_prune` — load → calibration segments → dense perplexity → block-by-block
   pruning (checkpointed, resumable) → pruned perplexity → save the model and the run log.
-* :func:`run_eval` — perplexity of a model on a text.
+* :func:`run_eval` — perplexity of a model on a text and/or zero-shot tasks (lm-eval).
 * :func:`run_demo` — SmolLM2 at one or several settings (sparsities, N:M patterns) with
   several methods in one process (one model load, calibration set, evaluation stream and
   dense perplexity); a table of perplexities beside the dense one.
@@ -35,6 +35,7 @@ from layerprune.layerwise.perplexity import perplexity
 from layerprune.layerwise.sources import TEXT_FIELD
 from layerprune.layerwise.stores import store_for
 from layerprune.layerwise.tokens import bos_id, text_length
+from layerprune.layerwise.zeroshot import check_tasks, evaluate_tasks
 from layerprune.problems.atomic import atomic_folder, atomic_write_json, sweep_temps
 from layerprune.problems.locks import output_lock
 
@@ -140,25 +141,45 @@ def source_name(source: str | os.PathLike | None) -> str | None:
     return str(p.resolve()) if p.exists() else str(source)
 
 
-def run_eval(model: str, text: str = "wiki-test", *, seqlen: int = 2048, max_tokens: int | None = None,
+def run_eval(model: str, text: str | None = "wiki-test", *, seqlen: int = 2048, max_tokens: int | None = None,
              device: str = "cpu", batch_size: int = 1, dtype: str | None = None, stream: bool = True,
-             text_field: str = TEXT_FIELD, progress: bool = True) -> dict:
+             text_field: str = TEXT_FIELD, tasks: Sequence[str] | None = None,
+             task_path: str | os.PathLike | None = None, limit: int | None = None,
+             output: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Perplexity of ``model`` on ``text`` in non-overlapping windows of ``seqlen`` tokens (an HF
-    safetensors folder block by block unless ``stream=False``)."""
-    check_at_least("seqlen", seqlen, 2)
-    check_at_least("max_tokens", max_tokens, 2, optional=True)
+    safetensors folder block by block unless ``stream=False``), and/or zero-shot ``tasks`` through
+    lm-eval (``layerwise.zeroshot``: the model is then loaded whole). ``text=None`` skips perplexity;
+    ``output``: the result also written there as JSON (atomically)."""
+    if text is None and not tasks:
+        raise LayerwiseError("nothing to evaluate: give a text (--text) and/or tasks (--tasks)")
+    if text is not None:
+        check_at_least("seqlen", seqlen, 2)
+        check_at_least("max_tokens", max_tokens, 2, optional=True)
+        check_text_source(text, "--text", text_field)
     check_at_least("batch_size", batch_size, 1)
+    check_at_least("limit", limit, 1, optional=True)
     check_torch_device(device, "--device")
-    check_text_source(text, "--text", text_field)
+    check_output_file(output, "--output")
     torch_dtype = parse_dtype(dtype)
     resolve_model(model)
-    net, tokenizer = open_model(model, torch_dtype, stream=stream)
-    check_seqlen(net, seqlen)
-    stream = evaluation_windows(tokenizer, text, seqlen, max_tokens, text_field=text_field)
-    ppl = perplexity(net, stream, seqlen, device=device, batch_size=batch_size, progress=progress)
-    bos = bos_id(tokenizer)
-    return {"model": str(model), "text": str(text), "seqlen": seqlen, "bos": bos is not None, "bos_id": bos,
-            "tokens": stream.shape[0] * text_length(seqlen, bos), "perplexity": ppl}
+    manager = check_tasks(tasks, task_path) if tasks else None  # names known, data cached: before the load
+    t0 = time.perf_counter()
+    net, tokenizer = open_model(model, torch_dtype, stream=stream and not tasks)  # lm-eval needs it whole
+    record: dict[str, Any] = {"model": str(model)}
+    if text is not None:
+        check_seqlen(net, seqlen)
+        windows = evaluation_windows(tokenizer, text, seqlen, max_tokens, text_field=text_field)
+        ppl = perplexity(net, windows, seqlen, device=device, batch_size=batch_size, progress=progress)
+        bos = bos_id(tokenizer)
+        record.update(text=str(text), seqlen=seqlen, bos=bos is not None, bos_id=bos,
+                      tokens=windows.shape[0] * text_length(seqlen, bos), perplexity=ppl)
+    if tasks:
+        record["zeroshot"] = evaluate_tasks(net, tokenizer, tasks, manager=manager, batch_size=batch_size,
+                                            device=device, limit=limit, progress=progress)
+    record["seconds"] = time.perf_counter() - t0
+    if output is not None:
+        atomic_write_json(output, record)
+    return record
 
 
 # -- the demo ----------------------------------------------------------------------------

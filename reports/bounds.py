@@ -63,6 +63,8 @@ from typing import Any
 
 import numpy as np
 
+from layerprune.extras import MissingExtraError, require
+
 EXACT_MAX_SUPPORTS = 70_000  # supports enumerated per row (2^16 = 65,536: in ≤ 16)
 EXACT_MAX_WORK = 6e7  # rows × Σ|S| over the enumerated supports (time guard)
 PERSPECTIVE_MAX_ENTRIES = 16384  # out·in for the cvxpy relaxation (128×128: ~5 s)
@@ -370,7 +372,7 @@ def dual_certificate(problem, nu: np.ndarray, caps_total: float, d: np.ndarray, 
 
 def perspective_bound(problem, solver: str = "CLARABEL", polish: int = 200) -> LowerBound:
     """Certified lower bound from the perspective (Boolean) relaxation; see the module doc."""
-    import cvxpy as cp
+    cp = require("cvxpy", "reports", "cvxpy (the perspective lower bound)")
 
     if not perspective_available(problem):
         raise ValueError(f"perspective relaxation is limited to out·in ≤ {PERSPECTIVE_MAX_ENTRIES}")
@@ -500,6 +502,8 @@ def lower_bound(problem, kinds: tuple[str, ...] = ("exact", "perspective", "diag
                 found.append(lb)
             else:
                 errors.append(f"perspective: {lb.info.get('solver_status')}")
+        except MissingExtraError:
+            raise  # not a failed relaxation: the reports extra is missing (say so, don't fall through)
         except Exception as exc:  # noqa: BLE001 - a failed relaxation falls through to other bounds
             errors.append(f"perspective: {type(exc).__name__}: {exc}")
     if "diagonal" in kinds and problem.shape[1] <= DIAGONAL_MAX_IN:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from layerprune.extras import require
 from layerprune.problems import LayerProblem, parse_pattern
 from layerprune.problems.atomic import (
     atomic_append_text,
@@ -252,6 +253,10 @@ def compare_problems(
 
     methods = [m.strip() for m in methods if m.strip()]
     files = check_grid(problem_dir, methods, sparsities, patterns, output, device, method_options)
+    if lower_bounds:
+        require("cvxpy", "reports", "cvxpy (the perspective lower bounds)")  # before any solve, not at the end
+    if report:
+        require("matplotlib", "reports", "matplotlib (the report's plots)")
     out = Path(output)
     with output_lock(out):  # one run at a time on this report folder; released however the run ends
         out.mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from layerprune.problems.atomic import atomic_write  # noqa: E402
-from layerprune.reports.grid import sparsity_label  # noqa: E402
+from layerprune.extras import require
+from layerprune.problems.atomic import atomic_write
+from layerprune.reports.grid import sparsity_label
 
 MARKERS = "osD^v<>pX*h"
 
@@ -31,7 +27,7 @@ def _save(fig, path: Path) -> None:
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90))
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
 
 
 def _safe(name: str) -> str:
@@ -47,8 +43,15 @@ def _finite(x: float) -> bool:
     return isinstance(x, float) and math.isfinite(x)
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (imported here, not with the module: the ``reports`` extra)."""
+    require("matplotlib", "reports").use("Agg")
+    return require("matplotlib.pyplot", "reports", "matplotlib")
+
+
 def make_plots(rows: list[dict[str, Any]], folder: Path, methods: Sequence[str]) -> dict[str, str]:
     """Write the PNGs into ``folder``; returns {file name: caption}."""
+    plt = pyplot()
     ok = [r for r in rows if r["status"] == "ok"]
     images: dict[str, str] = {}
     if not ok:
