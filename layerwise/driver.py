@@ -153,6 +153,15 @@ class Checkpoint:
 
 
 # -- the driver ------------------------------------------------------------------------
+def host_rss_gib() -> float | None:
+    """This process's resident memory now (GiB; Linux ``/proc/self/statm``), None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class BlockClock:
     """Seconds of one block's phases (load, hessians, solve, forward, save), the device synchronized
     at each lap, and the peak device memory of torch's allocator and CuPy's pool after the block."""
@@ -179,7 +188,7 @@ class BlockClock:
         return self._t - self._t0
 
     def entry(self, index: int) -> dict:
-        entry: dict = {"block": index, **self.laps}
+        entry: dict = {"block": index, **self.laps, "host_rss_gib": host_rss_gib()}
         if self.device.type == "cuda":
             from layerprune.problems.backend import cupy_or_none
 

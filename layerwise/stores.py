@@ -15,6 +15,8 @@ block's tensors under their model names) what block ``i`` holds from then on.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,24 @@ import torch
 from torch import nn
 
 from layerprune.layerwise.models import find_blocks
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_host_memory() -> None:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere). glibc keeps
+    the pages of a dropped block's tensors in its heap; measured on 32 blocks of 27 MB (bf16), host
+    memory grew 0.86 → 1.08 GiB without this call and 0.57 → 0.63 GiB with it (flat at 0.53 GiB
+    with ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment: README, Large models)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -132,6 +152,8 @@ class StreamedBlocks:
                 if name in tensors:
                     set_tensor(block, name, torch.empty_like(t, device="meta"))
             self.live -= 1
+            del tensors
+            release_host_memory()
 
     def restore(self, index: int, path: str | os.PathLike) -> None:
         """From now on block ``index`` is read from the saved file ``path``."""
