@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerprune.layerwise.data import calibration_segments, evaluation_stream
+from layerprune.layerwise.data import calibration_segments, evaluation_windows
 from layerprune.layerwise.driver import check_seqlen, prune_model
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.perplexity import perplexity
 from layerprune.layerwise.settings import PruneSettings
+from layerprune.layerwise.tokens import bos_id, text_length
 
 
 @dataclass
@@ -60,35 +61,50 @@ def prune(
     tokenizer: Any,
     *,
     recipe: str | dict | None = None,
+    settings: PruneSettings | None = None,
     calib_ids: torch.Tensor | None = None,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
-    **settings: Any,
+    dense_perplexity: float | None = None,
+    arguments: dict | None = None,
+    **fields: Any,
 ) -> PruneResult:
-    """Prune ``model`` (a transformers causal LM in memory) block by block, in place.
+    """Prune ``model`` (a transformers causal LM in memory, or one opened lazily) block by block, in place.
 
-    settings : fields of :class:`PruneSettings` (method, sparsity, pattern, options, targets,
+    fields : fields of :class:`PruneSettings` (method, sparsity, pattern, options, targets,
         ignore, overrides, calib, nsamples, seqlen, seed, damping, device, eval_text, …);
-        ``recipe`` gives the rest. ``eval_text=None`` skips the perplexities.
+        ``recipe`` gives the rest, or ``settings`` gives them all (then neither may be given).
+        ``eval_text=None`` skips the perplexities.
     calib_ids : your own (nsamples × seqlen) calibration token ids instead of ``calib``.
     checkpoint, resume : a folder for per-block checkpoints, and whether to continue one.
+    dense_perplexity : a dense perplexity already measured for these evaluation settings (a resumed
+        run's), not measured again. arguments : recorded in the checkpoint for ``--resume`` checks.
     """
     if not isinstance(model, nn.Module):
         raise LayerwiseError(f"prune() takes a transformers model (an nn.Module), got {type(model).__name__}")
-    s = PruneSettings.build(recipe, **settings)
+    if settings is None:
+        settings = PruneSettings.build(recipe, **fields)
+    elif recipe is not None or fields:
+        raise LayerwiseError("give either settings= or a recipe and keyword settings, not both")
+    s = settings
     s.validate_run()
     t0 = time.perf_counter()
-    if calib_ids is None:
-        calib_ids = calibration_segments(tokenizer, s.calib, s.nsamples, s.seqlen, s.seed)
-    check_seqlen(model, int(calib_ids.shape[-1]))
-    log: dict[str, Any] = {}
-    stream = None
+    check_seqlen(model, int(calib_ids.shape[-1]) if calib_ids is not None else s.seqlen)
     if s.eval_text is not None:
-        stream = evaluation_stream(tokenizer, s.eval_text, max_tokens=s.eval_tokens)
-        log["dense_perplexity"] = perplexity(model, stream, s.seqlen, device=s.device, progress=progress)
-    log.update(prune_model(model, calib_ids, s, checkpoint=checkpoint, resume=resume, progress=progress))
-    if stream is not None:
-        log["perplexity"] = perplexity(model, stream, s.seqlen, device=s.device, progress=progress)
+        check_seqlen(model, s.seqlen)  # the evaluation windows too
+    if calib_ids is None:
+        calib_ids = calibration_segments(tokenizer, s.calib, s.nsamples, s.seqlen, s.seed, s.text_field)
+    log: dict[str, Any] = {}
+    windows = None
+    if s.eval_text is not None:
+        windows = evaluation_windows(tokenizer, s.eval_text, s.seqlen, s.eval_tokens, text_field=s.text_field)
+        log["eval_tokens_used"] = windows.shape[0] * text_length(s.seqlen, bos_id(tokenizer))
+        log["dense_perplexity"] = (dense_perplexity if dense_perplexity is not None
+                                   else perplexity(model, windows, s.seqlen, device=s.device, progress=progress))
+    log.update(prune_model(model, calib_ids, s, checkpoint=checkpoint, resume=resume, progress=progress,
+                           extra_state={"dense_perplexity": log.get("dense_perplexity")}, arguments=arguments))
+    if windows is not None:
+        log["perplexity"] = perplexity(model, windows, s.seqlen, device=s.device, progress=progress)
     log["seconds_total"] = time.perf_counter() - t0
     return PruneResult(model, log, s)

@@ -391,7 +391,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     eval_tokens = DEMO_DEFAULTS["eval_tokens"] if a.eval_tokens is None else (a.eval_tokens or None)
     run_demo(
         a.model, tuple(_names(a.methods)), settings=a.settings, sparsity=sparsity, pattern=pattern, calib=a.calib,
-        text=a.text, nsamples=a.nsamples or DEMO_DEFAULTS["nsamples"], seqlen=a.seqlen or DEMO_DEFAULTS["seqlen"],
+        text=a.text, nsamples=DEMO_DEFAULTS["nsamples"] if a.nsamples is None else a.nsamples,
+        seqlen=DEMO_DEFAULTS["seqlen"] if a.seqlen is None else a.seqlen,
         eval_tokens=eval_tokens, device=a.device, batch_size=a.batch_size, eval_batch_size=a.eval_batch_size,
         text_field=a.text_field, output=a.output, progress=not a.quiet,
     )

@@ -229,13 +229,13 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
         for name, w in zip(group[1:], dense[1:]):
             problems[name] = first.with_weight(w, name=f"block{index}.{name}", sparsity=layer[name][2],
                                                pattern=layer[name][3])
-        by_method: dict[str, list[str]] = {}
+        by_method: dict[str, tuple[str, dict, list[str]]] = {}  # layers with one method and options: one solve_many
         for name in group:
             method, options = layer[name][:2]
-            by_method.setdefault(json.dumps([method, options], sort_keys=True, default=str), []).append(name)
+            key = json.dumps([method, options], sort_keys=True, default=str)
+            by_method.setdefault(key, (method, options, []))[2].append(name)
         results = {}
-        for key, names in by_method.items():
-            method, options = json.loads(key)
+        for method, options, names in by_method.values():
             solved = solve_many([problems[n] for n in names], method, cache={}, device=solver_dev,
                                 keep_array_type=True, **options)
             results.update(zip(names, solved))

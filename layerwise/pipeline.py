@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from layerprune.layerwise.api import prune
 from layerprune.layerwise.checks import check_at_least, check_output_file, check_output_folder, check_torch_device
 from layerprune.layerwise.compressed import Compression, check_save_format
 from layerprune.layerwise.data import calibration_segments, check_text_source, evaluation_windows
@@ -25,7 +26,6 @@ from layerprune.layerwise.driver import (
     PruneSettings,
     check_resume_arguments,
     check_seqlen,
-    prune_model,
     resume_arguments,
 )
 from layerprune.layerwise.errors import LayerwiseError
@@ -92,8 +92,6 @@ def run_prune(
                 dense = state.get("dense_perplexity")
         t0 = time.perf_counter()
         net, tokenizer = open_model(s.model, parse_dtype(s.dtype), stream=s.stream)
-        check_seqlen(net, s.seqlen)
-        ids = calibration_segments(tokenizer, s.calib, s.nsamples, s.seqlen, s.seed, s.text_field)
         store = store_for(net)
         bos = bos_id(tokenizer)
         record: dict[str, Any] = {
@@ -104,21 +102,12 @@ def run_prune(
             "dtype": str(next(p for p in net.parameters() if p.device.type != "meta").dtype).removeprefix("torch."),
             "streamed": store.streamed,
         }
-        stream_ids = None
-        if s.eval_text is not None:
-            stream_ids = evaluation_windows(tokenizer, s.eval_text, s.seqlen, s.eval_tokens, text_field=s.text_field)
-            record["eval_tokens_used"] = stream_ids.shape[0] * text_length(s.seqlen, bos)
-            if dense is None:
-                dense = perplexity(net, stream_ids, s.seqlen, device=s.device, progress=progress)
-            record["dense_perplexity"] = dense
-        run = prune_model(net, ids, s, checkpoint=ckpt.folder, resume=resume, progress=progress,
-                          extra_state={"dense_perplexity": record.get("dense_perplexity")}, arguments=sources)
-        record.update(run)
-        if stream_ids is not None:
-            record["perplexity"] = perplexity(net, stream_ids, s.seqlen, device=s.device, progress=progress)
+        result = prune(net, tokenizer, settings=s, checkpoint=ckpt.folder, resume=resume, progress=progress,
+                       dense_perplexity=dense, arguments=sources)
+        record.update(result.log)
+        record["seconds_total"] = time.perf_counter() - t0
         compression = Compression.from_run(record) if s.save_format == "compressed" else None
         record["save_format"] = compression.format if compression is not None else "dense"
-        record["seconds_total"] = time.perf_counter() - t0
         text = json.dumps(record, indent=1)
         if store.streamed:  # the checkpoint's block files are the output's shards
             files = [ckpt.block_file(i) for i in range(len(store))]
@@ -251,7 +240,8 @@ def run_demo(
     runs = []
     for sp, pat in pairs:
         for m in methods:
-            s = PruneSettings(method=m, sparsity=sp, pattern=pat, device=device, batch_size=batch_size)
+            s = PruneSettings(method=m, sparsity=sp, pattern=pat, device=device, batch_size=batch_size, calib=calib,
+                              text_field=text_field, nsamples=nsamples, seqlen=seqlen, seed=seed, eval_text=None)
             s.validate()
             runs.append((setting_label(s.sparsity, s.pattern), s))
     if not runs:
@@ -291,7 +281,7 @@ def run_demo(
     try:
         for label, s in runs:
             t = time.perf_counter()
-            run = prune_model(net, ids, s, progress=progress)
+            run = prune(net, tokenizer, settings=s, calib_ids=ids, progress=progress).log  # perplexity: below, one stream
             ppl = perplexity(net, stream, seqlen, device=device, batch_size=eval_batch_size)
             minutes = (time.perf_counter() - t) / 60
             row = {"setting": label, "method": s.method, "pattern": s.pattern, "target_sparsity": s.sparsity,

@@ -8,7 +8,7 @@ its pruning part, the pipeline its model, data and evaluation part.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
@@ -110,6 +110,8 @@ class PruneSettings:
     def validate(self) -> None:
         """Check the pruning settings (the method and its options, the pattern, ranges, targets and
         overrides, the devices); fills in an N:M pattern's sparsity. Cheap: call it before loading anything."""
+        if is_dataclass(self.options):  # an options object (ALPSOptions(...)): its fields, as a dict
+            self.options = asdict(self.options)
         try:
             check_options(self.method, self.options)  # the method, then each option by name, type and range
         except ValueError as e:
@@ -118,28 +120,28 @@ class PruneSettings:
         self.targets = tuple(check_entries(self.targets, "targets"))
         self.ignore = tuple(check_entries(self.ignore, "ignore"))
         self.overrides = parse_overrides(self.overrides)
-        for i, o in enumerate(self.overrides):  # each override's layers as a whole run would see them
-            method = o.values.get("method", self.method)
-            options = o.values.get("options", self.options if method == self.method else {})
+        for i, o in enumerate(self.overrides):  # each override's layers as a whole run resolves them
             try:
+                method, options, _, _ = self.layer(o.values, f"overrides[{i}]: ")
                 check_options(method, options)
             except ValueError as e:
-                raise LayerwiseError(f"overrides[{i}]: {e}") from None
-            checked_sparsity(o.values.get("sparsity", None if "pattern" in o.values else self.sparsity),
-                             o.values.get("pattern", self.pattern), f"overrides[{i}]: ")
+                raise LayerwiseError(e if str(e).startswith("overrides[") else f"overrides[{i}]: {e}") from None
         check_at_least("damping", self.damping, 0)
         check_at_least("batch_size", self.batch_size, 1)
         check_torch_device(self.device, "--device")
         check_solver_device(self.solve_device, "--solver-device")
 
-    def layer(self, plan: dict) -> tuple[str, dict, float, str]:
-        """(method, options, sparsity, pattern) of a layer whose override values are ``plan``.
-        An override's pattern without a sparsity takes the pattern's own (N:M) or the run's."""
+    def layer(self, plan: dict, where: str = "") -> tuple[str, dict, float, str]:
+        """(method, options, sparsity, pattern) of a layer whose override values are ``plan`` (the one
+        place that resolves them: ``validate`` checks each override through it). An override's pattern
+        without a sparsity takes the pattern's own (N:M) or the run's; its method without options
+        takes no options (the run's options belong to the run's method)."""
         method = plan.get("method", self.method)
         options = plan.get("options", self.options if method == self.method else {})
+        options = asdict(options) if is_dataclass(options) else options
         pattern = plan.get("pattern", self.pattern)
         sparsity = plan.get("sparsity", None if "pattern" in plan and ":" in str(pattern) else self.sparsity)
-        return method, options, checked_sparsity(sparsity, pattern), pattern
+        return method, options, checked_sparsity(sparsity, pattern, where), pattern
 
     @property
     def solve_device(self) -> str:

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from layerprune.problems.atomic import pid_alive
+
 EMPTY_LOCK_GRACE_S = 10.0  # a lock file still empty after this long lost its writer
 
 
@@ -32,18 +34,8 @@ class LockError(ValueError):
 
 def lock_path(folder: str | os.PathLike) -> Path:
     """The lock file of ``folder``: ``<folder>.lock`` in its parent."""
-    f = Path(folder).expanduser().absolute()
+    f = Path(folder).expanduser().resolve()  # as the writers resolve it: one lock through any symlink
     return f.parent / f"{f.name}.lock"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_lock(path: str | os.PathLike) -> dict | None:
@@ -62,7 +54,7 @@ def _stale(path: Path, info: dict | None) -> bool:
             return True
     if info.get("host") != socket.gethostname():
         return False  # cannot tell whether a pid on another host lives
-    return not _alive(int(info.get("pid", -1)))
+    return not pid_alive(int(info.get("pid", -1)))
 
 
 def _warn(message: str) -> None:

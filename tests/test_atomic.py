@@ -190,3 +190,20 @@ def test_lock_error_class_is_the_callers(tmp_path):
         with pytest.raises(Mine):
             with output_lock(tmp_path / "o", error=Mine):
                 pass
+
+
+def test_written_files_and_folders_get_the_umask_mode(tmp_path):
+    import os
+    import stat
+
+    from layerprune.problems.atomic import atomic_folder, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with atomic_folder(tmp_path / "model") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755  # not mkdtemp's 0700

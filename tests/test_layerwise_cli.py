@@ -216,7 +216,7 @@ def test_demo_several_settings_in_one_run(files, tmp_path):
 def test_demo_writes_each_row_as_it_finishes(files, tmp_path, monkeypatch):
     import layerprune.layerwise.pipeline as pipeline
 
-    real, calls = pipeline.prune_model, {"n": 0}
+    real, calls = pipeline.prune, {"n": 0}
 
     def dies_third(*a, **k):
         calls["n"] += 1
@@ -224,7 +224,7 @@ def test_demo_writes_each_row_as_it_finishes(files, tmp_path, monkeypatch):
             raise RuntimeError("the machine went away")
         return real(*a, **k)
 
-    monkeypatch.setattr(pipeline, "prune_model", dies_third)
+    monkeypatch.setattr(pipeline, "prune", dies_third)
     out = tmp_path / "grid.json"
     with pytest.raises(RuntimeError, match="went away"):
         pipeline.run_demo(str(files / "tiny"), ("magnitude",), settings="0.5,0.6,0.7", output=out,

@@ -107,3 +107,19 @@ def test_a_tiny_model_pruned_by_a_recipe():
             assert abs(zeros - want) < 0.02 and abs(e["target_sparsity"] - want) < 1e-9, name
             assert e["pattern"] == ("2:4" if name.endswith("up_proj") else "unstructured")
             assert e["method"] == ("wanda" if (i, name) == (0, "self_attn.q_proj") else "sparsegpt")
+
+
+def test_an_override_is_resolved_as_the_layer_will_be():
+    s = PruneSettings(method="alps", sparsity=0.7, overrides=[{"targets": ["Linear"], "pattern": "row"},
+                                                               {"targets": ["Linear"], "method": "wanda"}])
+    s.validate()  # a row pattern without a sparsity takes the run's
+    assert s.layer({"pattern": "row"}) == ("alps", {}, 0.7, "row")
+    assert s.layer({"method": "wanda"})[:2] == ("wanda", {})  # the run's options are alps's, not wanda's
+
+
+def test_an_options_object_is_taken_as_its_fields():
+    from layerprune.solvers.alps import ALPSOptions
+
+    s = PruneSettings(method="alps", sparsity=0.7, options=ALPSOptions(max_iter=20))
+    s.validate()
+    assert isinstance(s.options, dict) and s.options["max_iter"] == 20

@@ -107,11 +107,11 @@ def test_second_compare_on_one_output_is_refused(files, tmp_path, capsys, live_p
 @pytest.fixture(scope="module")
 def crashed(files, tmp_path_factory):
     """A prune run killed after its first block: the output's ``.partial`` checkpoint."""
+    import layerprune.layerwise.api as api
     import layerprune.layerwise.driver as driver
-    import layerprune.layerwise.pipeline as pipeline
 
     out = tmp_path_factory.mktemp("crashed") / "out"
-    real = pipeline.prune_model
+    real = api.prune_model
 
     def crash_after_first(*a, **k):
         def after(index):
@@ -119,12 +119,14 @@ def crashed(files, tmp_path_factory):
 
         return real(*a, **k, after_block=after)
 
-    pipeline.prune_model = crash_after_first
+    api.prune_model = crash_after_first
     try:
         assert main(_prune(files, out)) == 130
     finally:
-        pipeline.prune_model = real
-    state = driver.Checkpoint(pipeline.checkpoint_folder(out)).read_state()
+        api.prune_model = real
+    from layerprune.layerwise.pipeline import checkpoint_folder
+
+    state = driver.Checkpoint(checkpoint_folder(out)).read_state()
     assert state["next_block"] == 1
     return out
 
