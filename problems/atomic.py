@@ -63,16 +63,8 @@ def fault_point(phase: str, target: str | os.PathLike) -> None:
 
 
 # -- durability helpers ------------------------------------------------------------------------
-def fsync_dir(folder: str | os.PathLike) -> None:
-    """fsync a folder, so the renames and creations inside it are on disk."""
-    fd = os.open(os.fspath(folder), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: str | os.PathLike) -> None:
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file (its content) or a folder (the renames and creations inside it)."""
     fd = os.open(os.fspath(path), os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -142,14 +134,14 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], Any]) -> Pat
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: give it the mode a plain open() would
     try:
         write_fn(tmp)
-        _fsync_file(tmp)
+        fsync_path(tmp)
         fault_point("replace", target)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(target.parent)
+    fsync_path(target.parent)
     return target
 
 
@@ -214,10 +206,10 @@ def _exchange(a: Path, b: Path) -> bool:
 def _fsync_tree(folder: Path) -> None:
     for root, dirs, files in os.walk(folder):
         for name in files:
-            _fsync_file(Path(root) / name)
+            fsync_path(Path(root) / name)
         for name in dirs:
-            fsync_dir(Path(root) / name)
-    fsync_dir(folder)
+            fsync_path(Path(root) / name)
+    fsync_path(folder)
 
 
 @contextlib.contextmanager
@@ -254,7 +246,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
             except BaseException:
                 os.replace(old, target)
                 raise
-        fsync_dir(target.parent)
+        fsync_path(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
