@@ -40,13 +40,13 @@ from layerprune.reports.bounds import LowerBound, lower_bound
 
 COLUMNS = [
     "problem", "layer", "out", "in", "pattern", "sparsity", "method", "status",
-    "objective", "relative_error", "achieved_sparsity", "seconds", "iterations",
+    "objective", "relative_error", "achieved_sparsity", "seconds", "iterations", "solve_status",
     "lower_bound", "bound_relative", "bound_kind", "bound_seconds",
     "gap_to_best", "gap_to_bound", "weights",
 ]
 FLOATS = {"sparsity", "objective", "relative_error", "achieved_sparsity", "seconds", "lower_bound",
           "bound_relative", "bound_seconds", "gap_to_best", "gap_to_bound"}
-INTS = {"out", "in", "iterations"}
+INTS = {"out", "in", "iterations", "solve_status"}  # solve_status: SolveResult.status (0 converged; solvers.STATUS)
 
 
 def sparsity_label(s: float) -> str:
@@ -316,6 +316,7 @@ def compare_problems(
                         row.update(
                             status="ok", objective=res.objective, relative_error=res.relative_error,
                             achieved_sparsity=res.sparsity, seconds=res.seconds, iterations=res.iterations,
+                            solve_status=res.status,
                         )
                         if save_weights:
                             rel = weight_file(name, pattern, s, m)
@@ -342,7 +343,7 @@ def _row(name: str, prob: LayerProblem, pattern: str, s: float, method: str,
     row: dict[str, Any] = {
         "problem": name, "layer": prob.name or name, "out": out_dim, "in": in_dim, "pattern": pattern,
         "sparsity": float(s), "method": method, "status": status, "objective": nan, "relative_error": nan,
-        "achieved_sparsity": nan, "seconds": nan, "iterations": 0, "lower_bound": 0.0, "bound_relative": 0.0,
+        "achieved_sparsity": nan, "seconds": nan, "iterations": 0, "solve_status": 0, "lower_bound": 0.0, "bound_relative": 0.0,
         "bound_kind": "none", "bound_seconds": 0.0, "gap_to_best": nan, "gap_to_bound": nan, "weights": "",
     }
     if bound is not None:

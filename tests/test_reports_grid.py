@@ -158,3 +158,14 @@ def test_resume_with_bounds_on_gives_every_row_of_a_cell_the_bound(problems, tmp
     for r in rows:
         assert r["bound_kind"] != "none" and 0 < r["lower_bound"] <= r["objective"]
         assert not math.isnan(r["gap_to_bound"])
+
+
+def test_the_grid_records_how_each_solve_ended(problems, tmp_path):
+    out = tmp_path / "status"
+    rows = compare_problems(problems, ["alps", "magnitude"], [0.7], ["unstructured"], out, device="cpu", progress=False,
+                            lower_bounds=False, report=False, method_options={"alps": {"max_iter": 3}})
+    by = {r["method"]: {x["solve_status"] for x in rows if x["method"] == r["method"]} for r in rows}
+    assert by["alps"] == {1} and by["magnitude"] == {0}  # 1: ADMM's iteration cap (solvers.STATUS)
+    from layerprune.reports.grid import read_results
+
+    assert {r["solve_status"] for r in read_results(out / "results.csv") if r["method"] == "alps"} == {1}
