@@ -13,14 +13,14 @@ For block ℓ = 0, 1, …, with X_ℓ its calibration inputs (the *pruned* model
 4. the pruned weights are written back on the device and the *pruned* block is run on X_ℓ:
    X_{ℓ+1}.
 
-With a checkpoint folder, after every block the pruned weights of that block
-(``block_XXXX.safetensors``) are written, then ``state.json`` (the run log so far) is
-replaced atomically to point past it. No activations are saved: ``resume`` reloads the
+With a checkpoint folder, after every block that block's tensors under their model names
+(``block_XXXX.safetensors``, the output's shard for a streamed model) are written, then
+``state.json`` (the run log so far and the run's arguments) is replaced atomically to point past it. No activations are saved: ``resume`` reloads the
 pruned blocks 0 … next−1, captures block 0's inputs again and replays the pruned blocks
 on them with ``run_block``, exactly the computation an uninterrupted run does, then goes on.
-The replay is bit-for-bit the same on the same device with the same thread count (tested);
-resumed on another GPU or with another ``--threads``, the block inputs may differ in the
-last bits, as two uninterrupted runs there would.
+The replay is bit-for-bit the same on the same device with the same thread count (tested).
+A resume with other settings (the device and batch size included) is refused, naming them
+(``check_resume_arguments``); another ``--threads`` is allowed, and may change the last bits.
 """
 
 from __future__ import annotations
