@@ -17,6 +17,7 @@ EXTRAS = {
     "eval": "lm-eval (zero-shot tasks: `layerprune eval --tasks`)",
     "data": "datasets and pyarrow (Hugging Face datasets as calibration/evaluation text)",
     "gpu": "cupy-cuda13x (the solvers on a CUDA GPU)",
+    "compressed": "compressed-tensors (`--save-format compressed`)",
 }
 
 

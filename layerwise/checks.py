@@ -10,9 +10,10 @@ import math
 import os
 from pathlib import Path
 
+from layerprune.extras import install_command
 from layerprune.layerwise.errors import LayerwiseError
 
-GPU_EXTRA = "pip install 'layerprune[gpu]'"
+GPU_EXTRA = install_command("gpu")
 
 
 def check_at_least(flag: str, value: int | float | None, minimum: int | float, *, optional: bool = False) -> None:

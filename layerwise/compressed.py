@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from layerprune.extras import install_command
 from layerprune.layerwise.errors import LayerwiseError, MissingPackageError
+from layerprune.problems.atomic import atomic_write, atomic_write_json, atomic_write_text
 
 SAVE_FORMATS = ("dense", "compressed")
 BITMASK = "sparse-bitmask"
 BITMASK_24 = "sparse-24-bitmask"
-INSTALL = "pip install 'layerprune[compressed]'"
+INSTALL = install_command("compressed")
 PARTS = ("compressed", "bitmask", "shape", "row_offsets")
 
 
@@ -209,7 +211,7 @@ class Compression:
         from safetensors.torch import load_file, save_file
 
         out = self.compress(load_file(str(src)))
-        save_file(out, str(dst), metadata={"format": "pt"})
+        atomic_write(dst, lambda tmp: save_file(out, tmp, metadata={"format": "pt"}))  # replaced, never overwritten
         return list(out)
 
     def mark(self, folder: str | os.PathLike) -> None:
@@ -217,7 +219,7 @@ class Compression:
         path = Path(folder) / "config.json"
         config = json.loads(path.read_text(encoding="utf-8"))
         config["quantization_config"] = self.config()
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def compress_folder(self, folder: str | os.PathLike) -> None:
         """Compress every safetensors file of a saved HF folder in place, then its index and config."""
@@ -228,8 +230,7 @@ class Compression:
         index = folder / "model.safetensors.index.json"
         if index.is_file():
             size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-            index.write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=1),
-                             encoding="utf-8")
+            atomic_write_json(index, {"metadata": {"total_size": size}, "weight_map": weight_map})
         self.mark(folder)
 
 

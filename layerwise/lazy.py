@@ -27,6 +27,7 @@ from layerprune.layerwise.compressed import Compression, compressed_weights, pla
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import find_blocks
 from layerprune.layerwise.stores import StreamedBlocks, set_tensor
+from layerprune.problems.atomic import atomic_write, atomic_write_json, atomic_write_text
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -172,11 +173,10 @@ def save_sharded(model: nn.Module, block_files: list[Path], tokenizer: Any, fold
         size += (folder / name).stat().st_size
     rest = non_block_tensors(model)
     last = f"model-{total:05d}-of-{total:05d}.safetensors"
-    save_file(rest, str(folder / last), metadata={"format": "pt"})
+    atomic_write(folder / last, lambda tmp: save_file(rest, tmp, metadata={"format": "pt"}))
     weight_map.update({key: last for key in rest})
     size += sum(t.numel() * t.element_size() for t in rest.values())
-    (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=1),
-                                encoding="utf-8")
+    atomic_write_json(folder / INDEX, {"metadata": {"total_size": size}, "weight_map": weight_map})
     model.config.save_pretrained(folder)
     if compression is not None:
         compression.mark(folder)
@@ -186,7 +186,7 @@ def save_sharded(model: nn.Module, block_files: list[Path], tokenizer: Any, fold
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     for name, text in (extra_files or {}).items():
-        (folder / name).write_text(text, encoding="utf-8")
+        atomic_write_text(folder / name, text)
 
 
 def open_model(spec: str | os.PathLike, dtype: torch.dtype | None = None, *, stream: bool = True) -> tuple[nn.Module, Any]:

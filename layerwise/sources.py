@@ -28,21 +28,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from layerprune.extras import MissingExtraError, install_command
+from layerprune.extras import require as extras_require
 from layerprune.layerwise.errors import LayerwiseError, MissingPackageError
 from layerprune.layerwise.protocols import C4_NAMES, C4_SHARDS, WIKITEXT2_DEFAULT_CONFIG, WIKITEXT_NAMES
 
 TEXT_FIELD = "text"
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
-DATA_EXTRA = "pip install 'layerprune[data]'"
+DATA_EXTRA = install_command("data")
 HF_PREFIX = "hf:"
 ROLES = ("calibration", "evaluation")
 
 
 def require(module: str, what: str) -> Any:
-    """Import ``module`` or raise a one-line :class:`MissingPackageError` naming the ``data`` extra."""
+    """``extras.require`` for the ``data`` extra, its failure as a one-line :class:`MissingPackageError`."""
     try:
-        return importlib.import_module(module)
-    except ImportError:
+        return extras_require(module, "data", what)
+    except MissingExtraError:
         raise MissingPackageError(what, DATA_EXTRA) from None
 
 
