@@ -59,16 +59,19 @@ def _inverse_factor(H64, xp):
 SYEVD_WORKSPACE = 4.0  # cuSOLVER syevd's workspace in n² entries (measured: benchmarks/eigh_workspace.py)
 
 
+def syevd_lwork_overflows(n: int) -> bool:
+    """Whether syevd's workspace (``SYEVD_WORKSPACE`` · n² entries) exceeds the 32-bit ``lwork`` of
+    CuPy's ``cusolver.ssyevd`` (n > 23170: its bufferSize answers INVALID_VALUE; measured at
+    n = 28672, Llama-3-70B's down_proj); ``eigh_inplace`` then calls the 64-bit ``Xsyevd``."""
+    return SYEVD_WORKSPACE * n * n >= 2**31
+
+
 def syevd_fits(n: int, dtype, xp, margin: float = 1.25) -> bool:
     """Whether the one-call eigendecomposition's workspace (``SYEVD_WORKSPACE`` · n² entries of
     ``dtype``, times ``margin``) fits in the device memory free now (the driver's free memory
-    plus what CuPy's pool holds unused), and its entry count in the 32-bit ``lwork`` of the
-    cuSOLVER call (n ≤ 23170: beyond, syevd_bufferSize answers INVALID_VALUE; measured at
-    n = 28672, Llama-3-70B's down_proj). Always True on NumPy."""
+    plus what CuPy's pool holds unused). Always True on NumPy."""
     if xp is np:
         return True
-    if SYEVD_WORKSPACE * n * n >= 2**31:
-        return False
     free, _ = xp.cuda.runtime.memGetInfo()
     pool = xp.get_default_memory_pool()
     free += pool.total_bytes() - pool.used_bytes()
@@ -120,7 +123,8 @@ def eigh_inplace(A, xp, staged: bool = False):
 
     On CuPy in float32/float64 this runs cuSOLVER's syevd on A's own memory, so the only
     extra memory is cuSOLVER's workspace, about 4 n² (``cupy.linalg.eigh`` first copies A,
-    one n × n more). syevd writes the eigenvectors column-major, i.e. Qᵀ in A's row-major
+    one n × n more); past the 32-bit workspace size (``syevd_lwork_overflows``) through the
+    64-bit ``cusolverDnXsyevd`` (``solvers.cusolver``). syevd writes the eigenvectors column-major, i.e. Qᵀ in A's row-major
     memory, so Q is returned as ``A.T`` (a view). ``staged=True`` (float32/float64, NumPy
     or CuPy) runs the same decomposition in stages with about 1.1 n² beside A instead,
     and a slower host step (``solvers.staged_eigh``); A is overwritten. Elsewhere
@@ -137,6 +141,10 @@ def eigh_inplace(A, xp, staged: bool = False):
         except ImportError:  # pragma: no cover - CuPy without the low-level bindings
             pass
         else:
+            if syevd_lwork_overflows(A.shape[0]):
+                from layerprune.solvers.cusolver import xsyevd_inplace
+
+                return xsyevd_inplace(A)
             single = A.dtype == np.float32
             buffer_size = cusolver.ssyevd_bufferSize if single else cusolver.dsyevd_bufferSize
             syevd = cusolver.ssyevd if single else cusolver.dsyevd

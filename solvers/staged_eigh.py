@@ -22,11 +22,11 @@ transpose of that array, a view.
 from __future__ import annotations
 
 import ctypes
-import re
 
 import numpy as np
 
 from layerprune.problems.backend import array_module, to_numpy
+from layerprune.solvers.cusolver import library as cusolver_library
 
 _LOWER = 0  # CUBLAS_FILL_MODE_LOWER (column-major lower = row-major upper)
 
@@ -88,18 +88,6 @@ class _Lapack:
         _check(info.value, "orgtr")
 
 
-def _cusolver_library():
-    """The libcusolver CuPy has loaded (found in the process's memory map)."""
-    from cupy.cuda import cusolver  # noqa: F401  (loads the library)
-
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            match = re.search(r"(/\S*libcusolver\.so[.\d]*)$", line.strip())
-            if match:
-                return ctypes.CDLL(match.group(1))
-    raise RuntimeError("libcusolver is not loaded: the staged eigendecomposition needs cuSOLVER")
-
-
 class _Cusolver:
     """The stages on CuPy arrays through cuSOLVER (float32 or float64), called with ctypes:
     CuPy's own bindings stop short of sytrd and orgtr."""
@@ -108,7 +96,7 @@ class _Cusolver:
         from cupy.cuda import device
 
         p = "S" if dtype == np.float32 else "D"
-        lib = _cusolver_library()
+        lib = cusolver_library()
         self.dtype = dtype
         self._handle = ctypes.c_void_p(device.get_cusolver_handle())
         self._sytrd_size, self._sytrd = getattr(lib, f"cusolverDn{p}sytrd_bufferSize"), getattr(lib, f"cusolverDn{p}sytrd")

@@ -102,3 +102,33 @@ def test_staged_eigh_refuses_a_read_only_array():
     A.flags.writeable = False
     with pytest.raises(ValueError, match="writeable"):
         staged_eigh(A, np)
+
+
+def test_syevd_lwork_overflow_boundary():
+    """The 32-bit workspace bound (4 n² entries < 2³¹) is where the 64-bit Xsyevd takes over."""
+    from layerprune.solvers.linalg import syevd_lwork_overflows
+
+    assert not syevd_lwork_overflows(14336)  # Llama-3-8B's down_proj: CuPy's syevd
+    assert not syevd_lwork_overflows(23170)
+    assert syevd_lwork_overflows(23171)
+    assert syevd_lwork_overflows(28672)  # Llama-3-70B's down_proj
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tol", [("float32", 2e-5), ("float64", 1e-11)])
+def test_xsyevd_matches_a_float64_reference_and_is_what_eigh_inplace_calls_past_the_32_bit_bound(monkeypatch, dtype, tol):
+    """The 64-bit cusolverDnXsyevd (ctypes): same λ and Q diag(λ) Qᵀ as float64; ``eigh_inplace`` takes it
+    when the 32-bit lwork would overflow (forced here at a small n)."""
+    import cupy
+
+    from layerprune.solvers import cusolver, linalg
+
+    A64 = _correlated_psd(np.random.default_rng(11), 777)
+    lam, Q = cusolver.xsyevd_inplace(cupy.asarray(A64, dtype=dtype))
+    _check_decomposition(A64, cupy.asnumpy(lam), cupy.asnumpy(Q), tol)
+    calls = []
+    monkeypatch.setattr(linalg, "syevd_lwork_overflows", lambda n: calls.append(n) or True)
+    monkeypatch.setattr(cusolver, "xsyevd_inplace", lambda A, real=cusolver.xsyevd_inplace: calls.append("x") or real(A))
+    lam, Q = linalg.eigh_inplace(cupy.asarray(A64, dtype=dtype), cupy)
+    assert calls == [777, "x"]
+    _check_decomposition(A64, cupy.asnumpy(lam), cupy.asnumpy(Q), tol)
