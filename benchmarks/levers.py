@@ -1,0 +1,157 @@
+"""Which of issue 12's levers lower SmolLM2's perplexity, alone and together, and at what cost in seconds?
+
+Every (lever, method, setting) row prunes the same in-memory model (its dense weights restored between
+rows) on the same calibration ids and is scored on the same evaluation windows; the model load, the
+data and the dense perplexity are shared by the rows of one process.
+
+    python benchmarks/levers.py --model smollm2 --methods alps,sparsegpt --settings 0.5,0.7,0.8,2:4 \\
+        --levers base,groups,dense,owl,curve,polish,all --device cuda --output levers.json [--shard 0/4]
+
+``--shard I/N`` runs rows I, I+N, I+2N, … (several processes can share one GPU: SmolLM2's layers are
+too small to fill it); ``--output`` is rewritten after every row and rows already in it are skipped, so a
+run cut short continues where it stopped. ``--table A.json B.json …`` prints the table of finished rows
+(perplexity and pruning seconds per lever, for each method and setting). A lever that names a sparsity
+profile is skipped at N:M settings (those stay uniform). Seconds from processes sharing a GPU are
+inflated by the sharing: compare them within one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+# each lever: the PruneSettings fields it sets (``base`` is today's pipeline); ``all`` is every lever at once
+LEVERS: dict[str, dict] = {
+    "base": {},
+    "groups": {"sequential": "groups"},
+    "dense": {"target": "dense"},
+    "owl": {"sparsity_profile": "owl"},
+    "curve": {"sparsity_profile": "curve"},
+    "polish": {"local_search": True},
+}
+LEVERS["all"] = {**LEVERS["groups"], **LEVERS["dense"], **LEVERS["curve"], **LEVERS["polish"]}
+
+
+def lever_fields(names: str) -> dict:
+    """The fields of one lever name or of several joined by '+' (e.g. ``groups+dense``)."""
+    fields: dict = {}
+    for name in names.split("+"):
+        if name not in LEVERS:
+            sys.exit(f"levers.py: unknown lever {name!r}; the levers are {', '.join(LEVERS)}")
+        fields.update(LEVERS[name])
+    return fields
+
+
+def row_key(row: dict) -> tuple:
+    return row["lever"], row["method"], row["setting"]
+
+
+def load_rows(paths) -> list[dict]:
+    rows = []
+    for p in paths:
+        if Path(p).is_file():
+            rows += json.loads(Path(p).read_text()).get("rows", [])
+    return rows
+
+
+def print_table(rows: list[dict], dense: float | None = None) -> None:
+    levers = list(dict.fromkeys(r["lever"] for r in rows))
+    if dense is not None:
+        print(f"dense perplexity {dense:.3f}")
+    print("| method | setting | " + " | ".join(levers) + " |")
+    print("| --- | --- |" + " ---: |" * len(levers))
+    by = {row_key(r): r for r in rows}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        for setting in dict.fromkeys(r["setting"] for r in rows):
+            cells = []
+            for lever in levers:
+                r = by.get((lever, method, setting))
+                cells.append("—" if r is None else f"{r['perplexity']:.2f} ({r['prune_seconds']:.0f} s)")
+            print(f"| {method} | {setting} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--methods", default="alps,sparsegpt")
+    ap.add_argument("--settings", default="0.5,0.7,0.8,2:4")
+    ap.add_argument("--levers", default=",".join(LEVERS))
+    ap.add_argument("--calib", default="wiki")
+    ap.add_argument("--text", default="wiki-test")
+    ap.add_argument("--nsamples", type=int, default=128)
+    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--eval-tokens", type=int, default=0, help="0: the whole evaluation text")
+    ap.add_argument("--eval-batch-size", type=int, default=8)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--shard", default="0/1")
+    ap.add_argument("--output", default=None)
+    ap.add_argument("--table", nargs="*", default=None, help="print the table of these output files and stop")
+    a = ap.parse_args()
+    if a.table is not None:
+        print_table(load_rows(a.table))
+        return
+
+    from layerprune.layerwise.api import prune
+    from layerprune.layerwise.data import calibration_segments, evaluation_windows
+    from layerprune.layerwise.models import block_linears, find_blocks, load_model
+    from layerprune.layerwise.perplexity import perplexity
+    from layerprune.layerwise.pipeline import parse_settings, setting_label
+    from layerprune.layerwise.settings import PruneSettings
+    from layerprune.problems.atomic import atomic_write_json
+
+    shard, shards = map(int, a.shard.split("/"))
+    plan = []
+    for sparsity, pattern in parse_settings(a.settings):
+        for lever in a.levers.split(","):
+            fields = lever_fields(lever)
+            if ":" in pattern and "sparsity_profile" in fields:
+                continue  # N:M stays uniform: the row would repeat another lever's
+            for method in a.methods.split(","):
+                plan.append((lever, method, sparsity, pattern, fields))
+    plan = plan[shard::shards]
+    done = {row_key(r) for r in load_rows([a.output] if a.output else [])}
+    result = json.loads(Path(a.output).read_text()) if a.output and Path(a.output).is_file() else {"rows": []}
+
+    t0 = time.perf_counter()
+    net, tokenizer = load_model(a.model)
+    ids = calibration_segments(tokenizer, a.calib, a.nsamples, a.seqlen, 0)
+    windows = evaluation_windows(tokenizer, a.text, a.seqlen, a.eval_tokens or None)
+    net.to(a.device)
+    _, blocks = find_blocks(net)
+    linears = [lin for block in blocks for lin in block_linears(block).values()]
+    dense_weights = [lin.weight.detach().to("cpu", copy=True) for lin in linears]
+    dense = result.get("dense_perplexity") or perplexity(net, windows, a.seqlen, device=a.device,
+                                                         batch_size=a.eval_batch_size)
+    result.update(model=a.model, nsamples=a.nsamples, seqlen=a.seqlen, eval_windows=int(windows.shape[0]),
+                  device=a.device, dense_perplexity=dense)
+    print(f"dense perplexity {dense:.3f}; setup {time.perf_counter() - t0:.0f} s; {len(plan)} rows in this shard",
+          flush=True)
+    for lever, method, sparsity, pattern, fields in plan:
+        s = PruneSettings(method=method, sparsity=sparsity, pattern=pattern, device=a.device, nsamples=a.nsamples,
+                          seqlen=a.seqlen, eval_text=None, **fields)
+        s.validate()
+        setting = setting_label(s.sparsity, s.pattern)
+        if (lever, method, setting) in done:
+            continue
+        log = prune(net, tokenizer, settings=s, calib_ids=ids, progress=False).log
+        ppl = perplexity(net, windows, a.seqlen, device=a.device, batch_size=a.eval_batch_size)
+        row = {"lever": lever, "method": method, "setting": setting, "fields": fields, "perplexity": ppl,
+               "sparsity": log["sparsity"], "mean_relative_error": log["mean_relative_error"],
+               "prune_seconds": log["seconds"], "unconverged_layers": log["unconverged_layers"],
+               "layer_sparsity": [e["sparsity"] for e in log["layers"]]}
+        result["rows"].append(row)
+        if a.output:
+            atomic_write_json(a.output, result)
+        print(f"{lever} {method} {setting}: perplexity {ppl:.3f}, sparsity {row['sparsity']:.4f}, "
+              f"mean rel. error {row['mean_relative_error']:.4f}, {row['prune_seconds']:.1f} s", flush=True)
+        with __import__("torch").no_grad():
+            for lin, w in zip(linears, dense_weights):
+                lin.weight.copy_(w)
+    print_table(result["rows"], dense)
+
+
+if __name__ == "__main__":
+    main()
