@@ -9,14 +9,16 @@ The mask is chosen adaptively per block from the saliency wᵢⱼ² / Uⱼⱼ²:
 for ``unstructured`` over the whole block (the layer's exact count split over
 blocks by width), for ``row`` per row of the block, for ``N:M`` per group of
 M columns when the sweep reaches it (the block size is rounded down to a
-multiple of M, at least M, so that blocks hold whole groups).
+multiple of M, at least M, so that blocks hold whole groups). Layers sharing one H
+(q/k/v) are swept as one stack of rows (``solve_many``), each keeping its own count:
+the sweep's cost is in its per-column steps, whatever the number of rows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from layerprune.problems.patterns import top_k_per_row
+from layerprune.problems.patterns import StackedPattern, top_k_per_row
 from layerprune.solvers.linalg import inverse_cholesky_upper
 from layerprune.solvers.options import MethodOptions
 from layerprune.solvers.registry import register
@@ -43,7 +45,8 @@ def _split_by_width(total: int, edges: list[int], width: int) -> list[int]:
     return [c - p for c, p in zip(cum, [0] + cum[:-1])]
 
 
-@register("sparsegpt", options=SparseGPTOptions, needs_hessian=True)
+@register("sparsegpt", options=SparseGPTOptions, stackable=True, stack_safe=True, stack_entries=float("inf"),
+          needs_hessian=True)
 def sparsegpt(problem, xp, dtype, cache, options: SparseGPTOptions) -> MethodOutput:
     """SparseGPT on ``problem`` with ``options`` (:class:`SparseGPTOptions`)."""
     blocksize = options.blocksize
@@ -61,8 +64,12 @@ def sparsegpt(problem, xp, dtype, cache, options: SparseGPTOptions) -> MethodOut
         blocksize = max(pattern.m, blocksize // pattern.m * pattern.m)
     starts = list(range(0, inp, blocksize))
     ends = [min(i + blocksize, inp) for i in starts]
+    # row segments with their own count: one layer, or each layer of a stack (q/k/v sharing H: ``solve_many``)
+    segments = pattern.segments() if isinstance(pattern, StackedPattern) else [slice(0, out)]
     if pattern.kind == "unstructured":
-        block_keep = _split_by_width(problem.kept, ends, inp)
+        counts = [problem.kept] if len(segments) == 1 else \
+            [pattern.base.kept_per_layer((seg.stop - seg.start, inp), s) for seg in segments]
+        block_keep = [_split_by_width(k, ends, inp) for k in counts]  # per segment, per block
     elif pattern.kind == "row":
         block_keep = _split_by_width(int(round((1 - s) * inp)), ends, inp)
 
@@ -75,7 +82,8 @@ def sparsegpt(problem, xp, dtype, cache, options: SparseGPTOptions) -> MethodOut
         if pattern.kind != "nm":
             score = W1**2 / diag1[None, :] ** 2
             if pattern.kind == "unstructured":
-                keep1 = top_k_per_row(score.reshape(1, -1), xp.asarray([block_keep[b]])).reshape(W1.shape)
+                for seg, share in zip(segments, block_keep):
+                    keep1[seg] = top_k_per_row(score[seg].reshape(1, -1), xp.asarray([share[b]])).reshape(score[seg].shape)
             else:
                 keep1 = top_k_per_row(score, xp.full((out,), block_keep[b], dtype=xp.int64))
         for i in range(i2 - i1):

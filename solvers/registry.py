@@ -27,7 +27,8 @@ from layerprune.solvers.result import MethodOutput, SolveResult, status_ok
 class Method:
     """A registered method: its function, its options class and what it can do.
 
-    stackable : ``solve_many`` stacks a small group of layers sharing one H into one solve by default.
+    stackable : ``solve_many`` stacks a group of layers sharing one H into one solve by default, when
+        the stack has at most ``stack_entries`` weights.
     stack_safe : keeps each layer's own count when layers are stacked (``StackedPattern``).
     needs_hessian : reads the full H (False: only diag H, or nothing).
     gpu : runs on CuPy arrays as well as NumPy.
@@ -38,22 +39,25 @@ class Method:
     options: type = MethodOptions
     stackable: bool = False
     stack_safe: bool = False
+    stack_entries: float = 0
     needs_hessian: bool = True
     gpu: bool = True
 
 
+STACK_ENTRIES = 1 << 20  # a stackable method's default stack limit, in weights (ALPS's, BENCHMARKS.md)
 _METHODS: dict[str, Method] = {}
 _PROVIDERS = ("layerprune.solvers.alps", "layerprune.baselines")
 
 
 def register(name: str, *, options: type = MethodOptions, stackable: bool = False, stack_safe: bool = False,
-             needs_hessian: bool = True, gpu: bool = True) -> Callable:
+             stack_entries: float | None = None, needs_hessian: bool = True, gpu: bool = True) -> Callable:
     """Decorator: make ``fn`` available as ``solve(..., method=name)``, with its options class and capabilities."""
     if not (isinstance(options, type) and issubclass(options, MethodOptions)):
         raise TypeError(f"register({name!r}): options must be a MethodOptions dataclass, got {options!r}")
 
     def deco(fn: Callable[..., MethodOutput]) -> Callable[..., MethodOutput]:
         _METHODS[name] = Method(name, fn, options, stackable=stackable, stack_safe=stack_safe,
+                                stack_entries=STACK_ENTRIES if stack_entries is None else stack_entries,
                                 needs_hessian=needs_hessian, gpu=gpu)
         return fn
 
@@ -190,7 +194,6 @@ def _scored(p, problem, weight, mask, keep_array_type: bool) -> dict:
             "sparsity": sparsity}
 
 
-STACK_ENTRIES = 1 << 20  # a stackable method stacks a group when it has at most this many weights (BENCHMARKS.md)
 _HARNESS = ("cache", "device", "dtype", "keep_array_type")  # solve()'s own arguments, not method options
 
 
@@ -201,10 +204,11 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
     is computed once. With ``stack`` their rows are stacked into one problem, so each
     ADMM step is one product for all of them; each layer keeps its own constraint (an
     unstructured count stays per layer: ``StackedPattern``). Default: for a ``stackable``
-    method (ALPS), when the layers share the pattern and sparsity and the stack has at most
-    ``STACK_ENTRIES`` weights: there one solve instead of several saves kernel launches (SmolLM2's q/k/v),
-    while on larger stacks it saves no time and holds every layer's buffers at once
-    (``stack=False`` solves one layer at a time with the shared factorization).
+    method, when the layers share the pattern and sparsity and the stack has at most the
+    method's ``stack_entries`` weights. ALPS: ``STACK_ENTRIES``, where one solve instead of several
+    saves kernel launches (SmolLM2's q/k/v), while on larger stacks it saves no time and holds every
+    layer's buffers at once; SparseGPT: any size, its column sweep costs the same kernel launches
+    for any number of rows (``stack=False`` solves one layer at a time with the shared factorization).
 
     A stacked result is scored on its own layer; its ``seconds`` is the joint solve's time
     shared in proportion to rows (``info["joint_seconds"]`` holds the whole), and its
@@ -228,7 +232,7 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
     cache: dict = options.pop("cache", None) or {}
     uniform = all(p.pattern == first.pattern and p.sparsity == first.sparsity for p in problems)
     if stack is None:
-        stack = entry.stackable and uniform and sum(p.weight.size for p in problems) <= STACK_ENTRIES
+        stack = entry.stackable and uniform and sum(p.weight.size for p in problems) <= entry.stack_entries
     if stack and len(problems) > 1:
         if not uniform:
             raise ValueError("stack=True needs layers with one pattern and sparsity")

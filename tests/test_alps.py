@@ -532,9 +532,26 @@ def test_stacked_layers_get_the_automatic_local_search_each_would_get_alone():
 def test_stacking_a_method_that_selects_across_the_stack_is_a_clear_error():
     base = synthetic_problem(16, 32, 0.6, "unstructured", seed=16)
     probs = [base, base.with_weight(np.ones((8, 32)))]
-    with pytest.raises(ValueError, match="'sparsegpt' selects across the whole stack"):
-        solve_many(probs, "sparsegpt", stack=True)
-    assert len(solve_many(probs, "sparsegpt")) == 2  # not stacked by default
+    with pytest.raises(ValueError, match="'wanda' selects across the whole stack"):
+        solve_many(probs, "wanda", stack=True)
+    assert len(solve_many(probs, "wanda")) == 2  # not stacked by default
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "row", "2:4"])
+def test_sparsegpt_stacked_equals_each_layer_swept_alone(pattern):
+    """SparseGPT's sweep is row by row given U, and its unstructured choice per block is made per layer
+    of the stack: the stacked solve (the default for layers sharing H) gives each layer's own mask and
+    weights, and each layer keeps its own count."""
+    rng = np.random.default_rng(21)
+    base = synthetic_problem(24, 256, 0.5 if ":" in pattern else 0.7, pattern, seed=21)
+    probs = [base] + [base.with_weight(rng.standard_normal((r, 256)) * rng.uniform(0.2, 3, 256)) for r in (8, 40)]
+    alone = [solve(p, "sparsegpt", device="cpu", dtype=np.float64) for p in probs]
+    stacked = solve_many(probs, "sparsegpt", device="cpu", dtype=np.float64)
+    assert all(r.info.get("stacked_layers") == 3 for r in stacked)
+    for p, a, b in zip(probs, alone, stacked):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        np.testing.assert_allclose(a.weight, b.weight, rtol=1e-9, atol=1e-12)
+        assert int(b.mask.sum()) == int(a.mask.sum()) and p.check_feasible(b.weight)
 
 
 def test_stacked_results_keep_each_layers_dtype_and_own_history():

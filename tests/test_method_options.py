@@ -30,11 +30,11 @@ def test_every_method_registers_a_documented_frozen_options_class(method):
 
 def test_capabilities_live_on_the_registered_entry():
     caps = {m: get_method(m) for m in available_methods()}
-    assert [m for m, e in caps.items() if e.stackable] == ["alps"]
-    assert {m for m, e in caps.items() if e.stack_safe} == {"alps", "admm_gradual", "magnitude"}
+    assert [m for m, e in caps.items() if e.stackable] == ["alps", "sparsegpt"]
+    assert {m for m, e in caps.items() if e.stack_safe} == {"alps", "admm_gradual", "magnitude", "sparsegpt"}
     assert not caps["wanda"].needs_hessian and not caps["magnitude"].needs_hessian and caps["sparsegpt"].needs_hessian
     p = synthetic_problem(8, 16, 0.5, seed=1)
-    with pytest.raises(ValueError, match=r"stacking works with \['admm_gradual', 'alps', 'magnitude'\]"):
+    with pytest.raises(ValueError, match=r"stacking works with \['admm_gradual', 'alps', 'magnitude', 'sparsegpt'\]"):
         solve_many([p, p.with_weight(p.weight * 2)], "wanda", stack=True, device="cpu")
 
 
