@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from layerprune.layerwise.activations import HostBatches, batches_like, check_place, on_device
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, find_blocks
 from layerprune.problems import HessianAccumulator
@@ -56,7 +57,8 @@ class _Catcher(nn.Module):
 class BlockInputs:
     """The inputs of one block for the whole calibration batch, split in mini-batches.
 
-    hidden : per mini-batch, (b × seqlen × hidden) tensors on the device
+    hidden : per mini-batch, (b × seqlen × hidden) tensors: a list on the device, or
+        ``HostBatches`` in pinned host memory handing them out on the device (``layerwise.activations``)
     extras : per mini-batch, (args, kwargs) the model passes every block besides the hidden
         states; mini-batches of one size share one entry (the inputs are unpadded windows,
         so masks and positions depend only on the shape).
@@ -76,8 +78,11 @@ def _parent_and_attr(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 
 
 @torch.no_grad()
-def capture_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int = 8, device: str | torch.device = "cpu") -> BlockInputs:
-    """Block 0's inputs for the token ids (n × seqlen), computed with the non-block parts on ``device``."""
+def capture_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int = 8, device: str | torch.device = "cpu",
+                   activations: str = "auto") -> BlockInputs:
+    """Block 0's inputs for the token ids (n × seqlen), computed with the non-block parts on ``device``;
+    kept there or in pinned host memory as ``activations`` says (``layerwise.activations``: the blocks'
+    outputs follow their inputs)."""
     if ids.ndim != 2:
         raise LayerwiseError(f"calibration ids must be (nsamples × seqlen), got shape {tuple(ids.shape)}")
     if batch_size < 1:
@@ -87,7 +92,8 @@ def capture_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int = 8, dev
     catcher = _Catcher(blocks[0])
     home = next(model.parameters()).device
     setattr(parent, attr, nn.ModuleList([catcher]))  # blocks leave the tree: model.to moves the rest only
-    hidden: list[torch.Tensor] = []
+    check_place(activations)
+    hidden: list[torch.Tensor] | HostBatches = []
     extras: list[tuple[tuple, dict]] = []
     by_size: dict[int, tuple[tuple, dict]] = {}
     try:
@@ -103,6 +109,8 @@ def capture_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int = 8, dev
                 raise LayerwiseError(f"{type(model).__name__}: the forward pass never reached block 0 of {path}")
             h, args, kwargs = catcher.record[0]
             kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_value", "past_key_values", "use_cache")}
+            if start == 0 and not on_device(activations, torch.device(device), h.nbytes * -(-ids.shape[0] // batch_size)):
+                hidden = HostBatches(device)
             hidden.append(h.detach())
             if h.shape[0] not in by_size:
                 by_size[h.shape[0]] = (args, kwargs)
@@ -121,7 +129,7 @@ def _first(out: Any) -> torch.Tensor:
 @torch.no_grad()
 def run_block(block: nn.Module, inputs: BlockInputs) -> BlockInputs:
     """The block's outputs on ``inputs`` (the next block's inputs); the block must be on the inputs' device."""
-    outs, tuple_output = [], False
+    outs, tuple_output = batches_like(inputs.hidden), False
     for h, (args, kwargs) in zip(inputs.hidden, inputs.extras):
         out = block(h, *args, **kwargs)
         tuple_output = isinstance(out, (tuple, list))
@@ -264,7 +272,7 @@ def collect_hessians(
 
     handles = [lin.register_forward_hook(hook(name, lin)) for name, lin in linears.items()]
     leaders: dict[str, str] | None = None
-    outs = []
+    outs = batches_like(inputs.hidden)
     consistent = True
     try:
         for h, (args, kwargs) in zip(inputs.hidden, inputs.extras):

@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from layerprune.extras import MissingExtraError
+from layerprune.layerwise.activations import PLACES
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.settings import PruneSettings
 
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver-device", default=None, help="where the solver runs (default: cuda when --device is a GPU)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. max_iter=100 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--activations", default=None, choices=PLACES,
+                   help="calibration activations between block forwards: on the device, in pinned host memory "
+                        f"(copies overlapped), or auto: the device when they fit (default {d.activations})")
     p.add_argument("--save-format", default=None, choices=("dense", "compressed"),
                    help="dense safetensors, or the pruned layers as compressed-tensors bitmasks "
                         "(sparse-24-bitmask when all are 2:4; needs pip install 'layerprune[compressed]')")
@@ -223,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ------------------------------------------------------------------------------
 PRUNE_ARGS = ("model", "method", "sparsity", "pattern", "calib", "nsamples", "seqlen", "seed", "damping", "eval_text",
-              "eval_tokens", "batch_size", "solver_device", "dtype", "device", "text_field", "save_format")  # flags named as PruneSettings' fields
+              "eval_tokens", "batch_size", "solver_device", "dtype", "device", "text_field", "save_format",
+              "activations")  # flags named as PruneSettings' fields
 
 
 def prune_settings_given(a: argparse.Namespace) -> dict:

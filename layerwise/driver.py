@@ -349,7 +349,7 @@ def prune_model(
                 f"the checkpoint in {ckpt.folder} belongs to another run (model, calibration or settings differ); "
                 "delete it to start over"
             )
-    inputs = capture_inputs(model, calib, settings.batch_size, device)
+    inputs = capture_inputs(model, calib, settings.batch_size, device, settings.activations)
     if state is not None:
         start = ckpt.restore(store, state)
         layers, seconds_before = list(state["layers"]), float(state.get("seconds", 0.0))

@@ -11,6 +11,7 @@ import difflib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
+from layerprune.layerwise.activations import check_place
 from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.recipe import DEFAULT_TARGETS, check_entries, load_recipe, parse_overrides
@@ -45,6 +46,8 @@ class PruneSettings:
     text_field : the field/column of .jsonl/.json/.parquet and hf: text sources.
     save_format : "dense" (plain safetensors) or "compressed" (the pruned layers in compressed-tensors'
         bitmask layout, ``layerwise.compressed``; ``sparse-24-bitmask`` when every one is 2:4).
+    activations : where the calibration activations live between block forwards: "device", "host"
+        (pinned, copies overlapped) or "auto" (the device when they fit; ``layerwise.activations``).
     """
 
     model: str | None = None
@@ -69,6 +72,7 @@ class PruneSettings:
     eval_tokens: int | None = None
     text_field: str = TEXT_FIELD
     save_format: str = "dense"
+    activations: str = "auto"
 
     @classmethod
     def build(cls, recipe: str | dict | None = None, **given: Any) -> PruneSettings:
@@ -128,6 +132,7 @@ class PruneSettings:
                 raise LayerwiseError(e if str(e).startswith("overrides[") else f"overrides[{i}]: {e}") from None
         check_at_least("damping", self.damping, 0)
         check_at_least("batch_size", self.batch_size, 1)
+        check_place(self.activations)
         check_torch_device(self.device, "--device")
         check_solver_device(self.solve_device, "--solver-device")
 

@@ -172,3 +172,49 @@ def test_cuda_index_runs_torch_and_cupy_on_that_device():
     assert cupy.cuda.runtime.getDevice() == 0
     with pytest.raises(ValueError, match="does not exist"):
         resolve_device(f"cuda:{cupy.cuda.runtime.getDeviceCount()}")
+
+
+
+def _tiny_prune_weights(activations: str, device: str) -> list:
+    from layerprune.layerwise.models import block_linears
+
+    model = tiny_model("llama", seed=0)
+    ids = torch.randint(0, model.config.vocab_size, (5, 16), generator=torch.Generator().manual_seed(3))
+    prune_model(model, ids, PruneSettings(method="sparsegpt", sparsity=0.6, batch_size=2, device=device,
+                                          activations=activations), progress=False)
+    return [lin.weight.detach().cpu().clone() for b in find_blocks(model)[1] for lin in block_linears(b).values()]
+
+
+def test_activations_in_host_memory_prune_bit_for_bit_like_on_the_device():
+    """``activations="host"`` (HostBatches: each mini-batch copied out after it is computed and back in
+    ahead of its forward) gives exactly the weights of activations kept where they are computed."""
+    from layerprune.layerwise.activations import HostBatches
+    from layerprune.layerwise.blocks import capture_inputs, run_block
+
+    model = tiny_model("llama", seed=0)
+    inputs = capture_inputs(model, torch.randint(0, 50, (5, 16)), 2, "cpu", "host")
+    assert isinstance(inputs.hidden, HostBatches) and len(inputs.hidden) == 3
+    assert isinstance(run_block(find_blocks(model)[1][0], inputs).hidden, HostBatches)  # outputs follow
+    device, host = _tiny_prune_weights("device", "cpu"), _tiny_prune_weights("host", "cpu")
+    assert len(device) == len(host) > 0 and all(torch.equal(a, b) for a, b in zip(device, host))
+
+
+@pytest.mark.gpu
+def test_pinned_host_activations_on_the_gpu_match_device_activations_bit_for_bit():
+    device, pinned = _tiny_prune_weights("device", "cuda"), _tiny_prune_weights("host", "cuda")
+    assert len(device) == len(pinned) > 0 and all(torch.equal(a, b) for a, b in zip(device, pinned))
+
+
+def test_host_batches_hand_out_what_was_appended_in_order():
+    from layerprune.layerwise.activations import HostBatches, batches_like, on_device
+    from layerprune.layerwise.errors import LayerwiseError
+
+    store = HostBatches("cpu")
+    parts = [torch.randn(2, 3, 4) for _ in range(3)]
+    for p in parts:
+        store.append(p)
+    assert len(store) == 3 and all(torch.equal(a, b) for a, b in zip(store, parts))
+    assert torch.equal(store[1], parts[1]) and isinstance(batches_like(store), HostBatches)
+    assert batches_like(parts) == [] and on_device("auto", torch.device("cpu"), 1 << 40)
+    with pytest.raises(LayerwiseError, match="activations must be one of auto, device, host"):
+        on_device("gpu", torch.device("cpu"), 1)
