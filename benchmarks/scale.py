@@ -8,7 +8,8 @@ with a given tokenizer), then runs the real command line on it for each method,
 
 and prints, per method: total seconds, seconds per block (all blocks, and without block 0,
 which pays CuPy's kernel compilation), the per-phase seconds of a block (load, Hessians, solve,
-forward, save; from the run log's ``block_seconds``), the child's peak host RSS and the peak
+forward, save; from the run log's ``block_seconds``), the child's peak host RSS (its ``VmHWM``,
+from the run log: ``ru_maxrss`` would count this process's pages at the fork too) and the peak
 device memory (torch's allocator and CuPy's pool).
 
     python benchmarks/scale.py --shape llama3-8b --blocks 4 --methods alps,sparsegpt,wanda \\
@@ -74,7 +75,10 @@ def summarize(method: str, log: dict, wall: float, rss_gb: float) -> dict:
         "method": method, "blocks": len(blocks), "wall_s": wall, "prune_s": log["seconds"],
         "block_s_mean": statistics.mean(per_block), "block_s_after_first": statistics.mean(later),
         **{f"{k}_s": v for k, v in phases.items()},
-        "rss_gb": rss_gb,
+        # the child's own peak (VmHWM, GiB → GB); ru_maxrss also counts the parent's pages at fork (this
+        # process after building the model), which made it grow with the model's depth
+        "rss_gb": log["host_peak_gib"] * 2**30 / 1e9 if log.get("host_peak_gib") else rss_gb,
+        "ru_maxrss_gb": rss_gb,
         "torch_peak_gib": max((b.get("torch_peak_gib", 0.0) for b in blocks), default=0.0),
         "cupy_pool_gib": max((b.get("cupy_pool_gib", 0.0) for b in blocks), default=0.0),
         "mean_relative_error": log["mean_relative_error"],

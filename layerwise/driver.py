@@ -162,6 +162,19 @@ def host_rss_gib() -> float | None:
         return None
 
 
+def host_peak_gib() -> float | None:
+    """This process's peak resident memory so far (GiB; Linux ``VmHWM``), None elsewhere. Unlike
+    ``ru_maxrss`` it starts afresh at ``exec``: a child does not inherit its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class BlockClock:
     """Seconds of one block's phases (load, hessians, solve, forward, save), the device synchronized
     at each lap, and the peak device memory of torch's allocator and CuPy's pool after the block."""
@@ -188,7 +201,7 @@ class BlockClock:
         return self._t - self._t0
 
     def entry(self, index: int) -> dict:
-        entry: dict = {"block": index, **self.laps, "host_rss_gib": host_rss_gib()}
+        entry: dict = {"block": index, **self.laps, "host_rss_gib": host_rss_gib(), "host_peak_gib": host_peak_gib()}
         if self.device.type == "cuda":
             from layerprune.problems.backend import cupy_or_none
 

@@ -26,6 +26,7 @@ from layerprune.layerwise.driver import (
     PruneSettings,
     check_resume_arguments,
     check_seqlen,
+    host_peak_gib,
     resume_arguments,
 )
 from layerprune.layerwise.errors import LayerwiseError
@@ -108,6 +109,7 @@ def run_prune(
         record["seconds_total"] = time.perf_counter() - t0
         compression = Compression.from_run(record) if s.save_format == "compressed" else None
         record["save_format"] = compression.format if compression is not None else "dense"
+        record["host_peak_gib"] = host_peak_gib()  # the process's peak so far (the output's shards are links)
         text = json.dumps(record, indent=1)
         if store.streamed:  # the checkpoint's block files are the output's shards
             files = [ckpt.block_file(i) for i in range(len(store))]
