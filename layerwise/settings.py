@@ -45,6 +45,9 @@ class PruneSettings:
     text_field : the field/column of .jsonl/.json/.parquet and hf: text sources.
     save_format : "dense" (plain safetensors) or "compressed" (the pruned layers in compressed-tensors'
         bitmask layout, ``layerwise.compressed``; ``sparse-24-bitmask`` when every one is 2:4).
+    hessian_shards : accumulate H over this many contiguous shards of the calibration mini-batches,
+        added in shard order (``layerwise.distributed``): a one-process run with N reproduces an
+        N-process torchrun run bit for bit. None: one shard per process (the plain sum in one).
     """
 
     model: str | None = None
@@ -69,6 +72,7 @@ class PruneSettings:
     eval_tokens: int | None = None
     text_field: str = TEXT_FIELD
     save_format: str = "dense"
+    hessian_shards: int | None = None
 
     @classmethod
     def build(cls, recipe: str | dict | None = None, **given: Any) -> PruneSettings:
@@ -128,6 +132,7 @@ class PruneSettings:
                 raise LayerwiseError(e if str(e).startswith("overrides[") else f"overrides[{i}]: {e}") from None
         check_at_least("damping", self.damping, 0)
         check_at_least("batch_size", self.batch_size, 1)
+        check_at_least("hessian_shards", self.hessian_shards, 1, optional=True)
         check_torch_device(self.device, "--device")
         check_solver_device(self.solve_device, "--solver-device")
 
