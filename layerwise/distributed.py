@@ -225,6 +225,14 @@ class World:
         return result
 
 
+def end_world() -> None:
+    """Destroy the default process group if one is up (the end of a torchrun command)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def shard_range(n: int, parts: int, index: int) -> range:
     """The ``index``-th of ``parts`` contiguous ranges of 0 … n−1 (``numpy.array_split``'s sizes)."""
     base, extra = divmod(n, parts)
