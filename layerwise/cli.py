@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_text_field(p, default=None)
     p.add_argument("--no-eval", action="store_true", help="skip the dense and pruned perplexity")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished block")
-    p.add_argument("--log", default=None, help="also write the JSON run log here")
+    p.add_argument("--log", "--run-log", dest="log", default=None,
+                   help="also write the JSON run log here (--run-log under torchrun, whose own flags clash with --log)")
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"calibration sequences per block forward (default {d.batch_size})")
     p.add_argument("--solver-device", default=None, help="where the solver runs (default: cuda when --device is a GPU)")

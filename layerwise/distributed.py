@@ -97,14 +97,20 @@ class World:
                 torch.cuda.set_device(local)
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
             world = cls.current()
-        if world.size > 1 and str(device) == "cuda":
-            torch.cuda.set_device(world.local_rank)
+        world.use_device(device)
+        return world
+
+    def use_device(self, device: str) -> None:
+        """Several ranks on ``cuda``: make ``cuda:LOCAL_RANK`` torch's and CuPy's current device, so that
+        "cuda" everywhere (blocks, solvers, collectives) means this rank's GPU; checks the device first."""
+        check_distributed_device(device, self.size)
+        if self.size > 1 and str(device) == "cuda":
+            torch.cuda.set_device(self.local_rank)
             from layerprune.problems.backend import cupy_or_none
 
             cp = cupy_or_none()
             if cp is not None:
-                cp.cuda.Device(world.local_rank).use()
-        return world
+                cp.cuda.Device(self.local_rank).use()
 
     @property
     def is_main(self) -> bool:

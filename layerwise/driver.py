@@ -366,6 +366,7 @@ def prune_model(
     check_seqlen(model, int(calib.shape[1]))
     world = World.current()  # several ranks under torchrun (layerwise.distributed); one otherwise
     world.check_batches(int(calib.shape[0]), settings.batch_size, settings.hessian_shards)
+    world.use_device(settings.device)
     store = store_for(model)
     if store.streamed and checkpoint is None:
         raise LayerwiseError("a model read block by block from disk needs a checkpoint folder: the pruned blocks are "
