@@ -245,8 +245,11 @@ def _worker(rank: int, size: int, init_file: str, job: dict, out: str) -> None:
 
     os.environ["LOCAL_RANK"] = str(rank)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size,
-                            timeout=timedelta(seconds=60))
+    backend = job.get("backend", "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=size,
+                            timeout=timedelta(seconds=120))
     try:
         result = JOBS[job["name"]](World.current(), job)
         torch.save(result, f"{out}/rank{rank}.pt")
@@ -387,3 +390,27 @@ def test_torchrun_prune_equals_one_process_and_logs_the_ranks(tmp_path):
     assert {e["rank"] for e in log["layers"]} == {0, 1} and all("seconds" in e for e in log["layers"])
     assert not (tmp_path / "two.partial").exists()  # rank 0 removed the checkpoint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt", "one", "tiny", "two"]
+
+
+@pytest.mark.gpu
+def test_nccl_two_gpus_equal_one_gpu(tmp_path):
+    """Two GPUs through NCCL (each rank its cuda:LOCAL_RANK, CuPy solvers) against one GPU with hessian_shards=2."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    methods = ("sparsegpt", "alps")
+    settings = {"sparsity": 0.6, "batch_size": 1, "device": "cuda"}
+    ranks = run_ranks(tmp_path, {"name": "prune", "methods": methods, "settings": settings, "backend": "nccl",
+                                 "no_stack": True})
+    import layerprune.solvers.registry as registry
+
+    stack_entries = registry.STACK_ENTRIES
+    try:
+        for method in methods:
+            one, log1 = _prune_one(method, {**settings, "hessian_shards": 2}, no_stack=True)
+            for r in ranks:
+                state, log = r[method]
+                assert log["world_size"] == 2 and {e["rank"] for e in log["layers"]} == {0, 1}
+                for k in one:
+                    assert torch.equal(state[k].cpu(), one[k].cpu()), (method, k)
+    finally:
+        registry.STACK_ENTRIES = stack_entries
