@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from layerprune.layerwise.data import calibration_segments, evaluation_windows
+from layerprune.layerwise.distributed import World
 from layerprune.layerwise.driver import check_seqlen, prune_model
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.perplexity import perplexity
@@ -75,7 +76,8 @@ def prune(
     fields : fields of :class:`PruneSettings` (method, sparsity, pattern, options, targets,
         ignore, overrides, calib, nsamples, seqlen, seed, damping, device, eval_text, …);
         ``recipe`` gives the rest, or ``settings`` gives them all (then neither may be given).
-        ``eval_text=None`` skips the perplexities.
+        ``eval_text=None`` skips the perplexities. Inside an initialized process group (torchrun)
+        every rank calls it alike (``layerwise.distributed``); the perplexities are rank 0's only.
     calib_ids : your own (nsamples × seqlen) calibration token ids instead of ``calib``.
     checkpoint, resume : a folder for per-block checkpoints, and whether to continue one.
     dense_perplexity : a dense perplexity already measured for these evaluation settings (a resumed
@@ -97,7 +99,7 @@ def prune(
         calib_ids = calibration_segments(tokenizer, s.calib, s.nsamples, s.seqlen, s.seed, s.text_field)
     log: dict[str, Any] = {}
     windows = None
-    if s.eval_text is not None:
+    if s.eval_text is not None and World.current().is_main:  # under torchrun: evaluated on rank 0 only
         windows = evaluation_windows(tokenizer, s.eval_text, s.seqlen, s.eval_tokens, text_field=s.text_field)
         log["eval_tokens_used"] = windows.shape[0] * text_length(s.seqlen, bos_id(tokenizer))
         log["dense_perplexity"] = (dense_perplexity if dense_perplexity is not None

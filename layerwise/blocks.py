@@ -10,6 +10,7 @@ outputs become the next block's inputs: the whole model never needs to fit on th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,7 +230,7 @@ def _non_finite_activation(index: int | None, members: list[str], rows: int, inp
 
 def collect_hessians(
     block: nn.Module, inputs: BlockInputs, device: str | torch.device, keep_outputs: bool = False, *, share: bool = True,
-    index: int | None = None,
+    index: int | None = None, reduce: Callable[[dict[str, HessianAccumulator]], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[list[str]], BlockInputs | None]:
     """Each linear's H = XᵀX / n (in × in, float32) from its inputs X (n × in), with forward hooks.
 
@@ -246,6 +247,9 @@ def collect_hessians(
     (``check_finite_parameters``), and a non-finite H (one ``isfinite`` per accumulated H at
     the end, not per batch), which names the first such layer in module order and whether
     the block's input was already non-finite.
+
+    ``reduce``, when given, is called with the accumulators (by leader name) after the pass and
+    before the check and the division: ``layerwise.distributed`` sums them over ranks there.
     """
     check_finite_parameters(block, index)
     linears = block_linears(block)
@@ -292,7 +296,9 @@ def collect_hessians(
         for handle in handles:
             handle.remove()
     if not consistent:
-        return collect_hessians(block, inputs, device, keep_outputs, share=False, index=index)
+        return collect_hessians(block, inputs, device, keep_outputs, share=False, index=index, reduce=reduce)
+    if reduce is not None:
+        reduce(accs)
     leaders = leaders or {}
     missing = [name for name in linears if name not in leaders]
     if missing:

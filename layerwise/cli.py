@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_text_field(p, default=None)
     p.add_argument("--no-eval", action="store_true", help="skip the dense and pruned perplexity")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished block")
-    p.add_argument("--log", default=None, help="also write the JSON run log here")
+    p.add_argument("--log", "--run-log", dest="log", default=None,
+                   help="also write the JSON run log here (--run-log under torchrun, whose own flags clash with --log)")
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"calibration sequences per block forward (default {d.batch_size})")
     p.add_argument("--solver-device", default=None, help="where the solver runs (default: cuda when --device is a GPU)")
@@ -147,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dtype(p)
     _add_help_options(p)
     _add_device(p, device=None)
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others in a collective before it fails "
+                        "(default 3600)")
+    p.add_argument("--hessian-shards", type=int, default=None, metavar="N",
+                   help="sum H over N shards of the calibration batches in order: one process with N reproduces "
+                        "an N-process torchrun run bit for bit (default: one shard per process)")
 
     p = sub.add_parser("eval", help="perplexity of a model on a text and/or zero-shot tasks (lm-eval)")
     p.add_argument("--model", required=True)
@@ -244,11 +251,23 @@ def prune_settings_given(a: argparse.Namespace) -> dict:
 
 
 def cmd_prune(a: argparse.Namespace) -> int:
+    from layerprune.layerwise.distributed import DEFAULT_TIMEOUT_S, World, end_world
     from layerprune.layerwise.pipeline import run_prune
 
     given = prune_settings_given(a)
-    rec = run_prune(given.pop("model", None), a.output, recipe=a.recipe, resume=a.resume, log=a.log,
-                    progress=not a.quiet, **given)
+    if a.hessian_shards is not None:
+        given["hessian_shards"] = a.hessian_shards
+    # under torchrun (WORLD_SIZE > 1): the process group, once the settings are checked (every rank checks alike)
+    checked = PruneSettings.build(a.recipe, **given)
+    checked.validate()
+    world = World.init_from_env(checked.device, a.dist_timeout or DEFAULT_TIMEOUT_S)
+    try:
+        rec = run_prune(given.pop("model", None), a.output, recipe=a.recipe, resume=a.resume, log=a.log,
+                        progress=not a.quiet, **given)
+    finally:
+        end_world()
+    if not world.is_main:
+        return 0
     line = f"pruned {len(rec['layers'])} layers to sparsity {rec['sparsity']:.4f} ({rec['pattern']}) with {rec['method']}"
     line += f", mean relative error {rec['mean_relative_error']:.4g}, {rec['seconds_total'] / 60:.1f} min"
     if rec.get("unconverged_layers"):

@@ -25,17 +25,20 @@ A resume with other settings (the device and batch size included) is refused, na
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 from layerprune.layerwise.blocks import capture_inputs, collect_hessians, run_block
+from layerprune.layerwise.distributed import World, block_hessians, lpt_assign, unit_costs
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, context_length
 from layerprune.layerwise.recipe import plan_layers
@@ -43,7 +46,7 @@ from layerprune.layerwise.settings import PruneSettings
 from layerprune.layerwise.stores import block_tensors, store_for
 from layerprune.problems import LayerProblem
 from layerprune.problems.atomic import atomic_write, atomic_write_json
-from layerprune.solvers import solve_many
+from layerprune.solvers import get_method, solve_many, stacks_by_default
 
 CHECKPOINT_VERSION = 3  # 3: every tensor of a pruned block under its model name (the output's shards); no activations
 
@@ -214,70 +217,108 @@ class BlockClock:
 
 
 def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: list[list[str]],
-                 settings: PruneSettings, index: int, plans: dict[str, dict], on_layer=None) -> list[dict]:
+                 settings: PruneSettings, index: int, plans: dict[str, dict], on_layer=None,
+                 world: World | None = None, measured: dict[str, float] | None = None) -> list[dict]:
     """Prune the planned linears of one block in place; one log entry per pruned layer.
 
     plans : local layer name → its override values (``recipe.plan_layers``); a layer not in it
         stays dense. Each group's H (one tensor, on the solver's device) is shared by the
-        group's problems; layers of a group with one method and options are solved together by
-        ``solve_many``. The results come back as torch tensors on that device
+        group's problems; layers of a group with one method and options are solved with one
+        cache (the factorization once), and together as one stack where ``solve_many`` would
+        stack them. The results come back as torch tensors on that device
         (``keep_array_type``: DLPack from CuPy, a view of NumPy) and are copied into the weights.
+    world, measured : with several ranks (``layerwise.distributed``) each solve unit goes to the
+        rank :func:`lpt_assign` picks on its cost (``measured``: the layers' seconds in the
+        previous block, else a formula); the pruned weights are then broadcast from their
+        solvers and the entries gathered, in the order one process makes them.
     """
+    world = world or World()
     linears = block_linears(block)
-    entries = []
     solver_dev = settings.solve_device
+    units: list[tuple[int, str, list[str], str, dict]] = []  # (group, method key, layers, method, options)
+    layer: dict[str, tuple] = {}
+    order: list[str] = []
     for gi, group in enumerate(groups):
         group = [name for name in group if name in plans]
-        if not group:
-            continue
-        H = hessians[group[0]].to(torch.device(solver_dev))  # no copy when it is there already
-        layer = {name: settings.layer(plans[name]) for name in group}
-        # a copy of each weight: the problem's Ŵ stays the dense weight whatever is written into the layer
-        dense = [linears[name].weight.detach().to(device=H.device, dtype=torch.float32, copy=True) for name in group]
-        _, _, sparsity, pattern = layer[group[0]]
-        first = LayerProblem(weight=dense[0], hessian=H, sparsity=sparsity, pattern=pattern,
-                             damping=settings.damping, name=f"block{index}.{group[0]}")
-        # the group's other layers share the first's validated, damped Hessian
-        problems = {group[0]: first}
-        for name, w in zip(group[1:], dense[1:]):
-            problems[name] = first.with_weight(w, name=f"block{index}.{name}", sparsity=layer[name][2],
-                                               pattern=layer[name][3])
-        by_method: dict[str, tuple[str, dict, list[str]]] = {}  # layers with one method and options: one solve_many
+        order += group
+        layer.update({name: settings.layer(plans[name]) for name in group})
+        by_method: dict[str, tuple[str, dict, list[str]]] = {}  # layers with one method and options: one cache
         for name in group:
             method, options = layer[name][:2]
             key = json.dumps([method, options], sort_keys=True, default=str)
             by_method.setdefault(key, (method, options, []))[2].append(name)
-        results = {}
-        for method, options, names in by_method.values():
-            solved = solve_many([problems[n] for n in names], method, cache={}, device=solver_dev,
-                                keep_array_type=True, **options)
-            results.update(zip(names, solved))
-        for name in group:
-            problem, r, lin = problems[name], results[name], linears[name]
-            write_pruned(lin.weight, r.weight, r.mask)
-            nonzero = int(torch.count_nonzero(lin.weight))
-            entry = {
-                "block": index,
-                "layer": name,
-                "shape": list(problem.shape),
-                "group": gi,
-                "method": r.method,
-                "pattern": r.pattern,
-                "target_sparsity": float(problem.sparsity),
-                "relative_error": float(r.relative_error),
-                "objective": float(r.objective),
-                "sparsity": 1.0 - nonzero / lin.weight.numel(),
-                "kept": nonzero,
-                "target_kept": int(problem.kept),
-                "seconds": float(r.seconds),
-                "iterations": int(r.iterations),
-                "success": bool(r.success),
-                "status": int(r.status),
-                "message": r.message,
-            }
-            entries.append(entry)
-            if on_layer is not None:
-                on_layer(entry)
+        for key, (method, options, names) in by_method.items():
+            shapes = [SimpleNamespace(weight=SimpleNamespace(size=linears[n].weight.numel()), pattern=layer[n][3],
+                                      sparsity=layer[n][2]) for n in names]  # what the stacking rule reads
+            whole = world.size == 1 or len(names) == 1 or stacks_by_default(shapes, method)  # one unit, or one per layer
+            units += [(gi, key, names, method, options)] if whole else [(gi, key, [n], method, options) for n in names]
+    if world.size > 1:
+        shape = {n: tuple(linears[n].weight.shape) for n in order}
+        owner = lpt_assign(unit_costs([u[2] for u in units], shape, [get_method(u[3]).needs_hessian for u in units],
+                                      measured), world.size)
+    else:
+        owner = [0] * len(units)
+    solved: dict[str, dict] = {}
+    caches: dict[tuple[int, str], dict] = {}
+    first: tuple[int, LayerProblem] | None = None  # this rank's first problem of the current group: its H is shared
+    error = None
+    try:
+        for (gi, key, names, method, options), rank in zip(units, owner):
+            if rank != world.rank:
+                continue
+            # a copy of each weight: the problem's Ŵ stays the dense weight whatever is written into the layer
+            problems = []
+            for name in names:
+                dense = linears[name].weight.detach().to(device=torch.device(solver_dev), dtype=torch.float32, copy=True)
+                _, _, sparsity, pattern = layer[name]
+                if first is None or first[0] != gi:
+                    H = hessians[name].to(torch.device(solver_dev))  # no copy when it is there already
+                    first = (gi, LayerProblem(weight=dense, hessian=H, sparsity=sparsity, pattern=pattern,
+                                              damping=settings.damping, name=f"block{index}.{name}"))
+                    problems.append(first[1])
+                else:  # the group's other layers share the first's validated, damped Hessian
+                    problems.append(first[1].with_weight(dense, name=f"block{index}.{name}", sparsity=sparsity,
+                                                         pattern=pattern))
+            results = solve_many(problems, method, cache=caches.setdefault((gi, key), {}), device=solver_dev,
+                                 keep_array_type=True, **options)
+            for name, problem, r in zip(names, problems, results):
+                lin = linears[name]
+                write_pruned(lin.weight, r.weight, r.mask)
+                nonzero = int(torch.count_nonzero(lin.weight))
+                solved[name] = {
+                    "block": index,
+                    "layer": name,
+                    "shape": list(problem.shape),
+                    "group": gi,
+                    "method": r.method,
+                    "pattern": r.pattern,
+                    "target_sparsity": float(problem.sparsity),
+                    "relative_error": float(r.relative_error),
+                    "objective": float(r.objective),
+                    "sparsity": 1.0 - nonzero / lin.weight.numel(),
+                    "kept": nonzero,
+                    "target_kept": int(problem.kept),
+                    "seconds": float(r.seconds),
+                    "iterations": int(r.iterations),
+                    "success": bool(r.success),
+                    "status": int(r.status),
+                    "message": r.message,
+                    "rank": world.rank,
+                }
+            del problems, results
+    except Exception as e:  # every rank stops with it (a world of one: raised as it is)
+        error = e
+    first = None
+    world.raise_if_any(error)
+    if world.size > 1:
+        for (_, _, names, _, _), rank in zip(units, owner):
+            world.broadcast([linears[n].weight for n in names], src=rank)
+        for part in world.gather_objects(solved):
+            solved.update(part)
+    entries = [solved[name] for name in order]
+    for entry in entries:
+        if on_layer is not None:
+            on_layer(entry)
     return entries
 
 
@@ -336,6 +377,9 @@ def prune_model(
     if calib.ndim != 2 or calib.numel() == 0:
         raise LayerwiseError(f"calibration ids must be a non-empty (nsamples × seqlen) tensor, got {tuple(calib.shape)}")
     check_seqlen(model, int(calib.shape[1]))
+    world = World.current()  # several ranks under torchrun (layerwise.distributed); one otherwise
+    world.check_batches(int(calib.shape[0]), settings.batch_size, settings.hessian_shards)
+    world.use_device(settings.device)
     store = store_for(model)
     if store.streamed and checkpoint is None:
         raise LayerwiseError("a model read block by block from disk needs a checkpoint folder: the pruned blocks are "
@@ -362,7 +406,8 @@ def prune_model(
                 f"the checkpoint in {ckpt.folder} belongs to another run (model, calibration or settings differ); "
                 "delete it to start over"
             )
-    inputs = capture_inputs(model, calib, settings.batch_size, device, settings.activations)
+    inputs = capture_inputs(model, world.shard_ids(calib, settings.batch_size), settings.batch_size, device,
+                            settings.activations)
     if state is not None:
         start = ckpt.restore(store, state)
         layers, seconds_before = list(state["layers"]), float(state.get("seconds", 0.0))
@@ -371,7 +416,7 @@ def prune_model(
                 inputs = run_block(block, inputs)
 
     bar = tqdm(range(start, len(store)), initial=start, total=len(store), unit="block",
-               desc=f"{settings.method} {settings.pattern} {settings.sparsity:g}", disable=not progress)
+               desc=f"{settings.method} {settings.pattern} {settings.sparsity:g}", disable=not (progress and world.is_main))
 
     def on_layer(entry: dict) -> None:
         layers.append(entry)
@@ -382,22 +427,25 @@ def prune_model(
         clock = BlockClock(device)
         with store.on(index, device) as block:
             clock.lap("load")
-            hessians, groups, _ = collect_hessians(block, inputs, device, index=index)
+            hessians, groups, _ = block_hessians(world, block, inputs, device, index, settings.hessian_shards,
+                                                 collect=collect_hessians)
             clock.lap("hessians")
             prefix = store.prefix(index)
             block_plans = {name[len(prefix):]: plan for name, plan in plans.items() if name.startswith(prefix)}
-            _solve_block(block, hessians, groups, settings, index, block_plans, on_layer=on_layer)
+            measured = {e["layer"]: e["seconds"] for e in layers if e["block"] == index - 1}  # the cost model's
+            _solve_block(block, hessians, groups, settings, index, block_plans, on_layer=on_layer, world=world,
+                         measured=measured)
             clock.lap("solve")
             del hessians
             inputs = run_block(block, inputs)  # the pruned block's outputs feed the next block
             clock.lap("forward")
             block_log.append(clock.entry(index))
-            if ckpt is not None:
-                ckpt.save_block(index, block, store.prefix(index), {
+            if ckpt is not None:  # rank 0 writes, the others wait for it
+                world.main_first(functools.partial(ckpt.save_block, index, block, store.prefix(index), {
                     **(extra_state or {}), "fingerprint": fp, "model_blocks": store.path, "layers": layers,
                     "seconds": seconds_before + time.perf_counter() - t0, "settings": asdict(settings),
                     "arguments": args,
-                })
+                }))
                 if store.streamed:  # the pruned block is read back from its file from now on
                     store.restore(index, ckpt.block_file(index))
         block_log[-1]["save"] = clock.lap("save")
@@ -418,4 +466,5 @@ def prune_model(
         "unconverged_layers": unconverged(layers),
         "sparsity": 1.0 - sum(e["kept"] for e in layers) / max(sum(e["shape"][0] * e["shape"][1] for e in layers), 1),
         "seconds": seconds_before + time.perf_counter() - t0,
+        "world_size": world.size,
     }

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from layerprune.layerwise.api import prune
 from layerprune.layerwise.checks import check_at_least, check_output_file, check_output_folder, check_torch_device
 from layerprune.layerwise.compressed import Compression, check_save_format
 from layerprune.layerwise.data import calibration_segments, check_text_source, evaluation_windows
+from layerprune.layerwise.distributed import World
 from layerprune.layerwise.driver import (
     Checkpoint,
     PruneSettings,
@@ -78,10 +80,9 @@ def run_prune(
     check_save_format(s.save_format)
     resolve_model(s.model)  # a missing path fails before anything slow
     ckpt = Checkpoint(checkpoint_folder(output))
+    world = World.current()  # under torchrun rank 0 locks, sweeps and writes; the others wait for it
     # one run at a time on this output and its checkpoint; the locks go when the run ends, however it ends
-    with output_lock(output, error=LayerwiseError), output_lock(ckpt.folder, error=LayerwiseError):
-        for folder in (ckpt.folder.parent, ckpt.folder):
-            sweep_temps(folder)  # what a killed run left half-written
+    with main_rank_locks(world, output, ckpt.folder):
         ckpt.check_resumable(resume)
         sources = {"model": source_name(s.model), "calib": source_name(s.calib), "eval_text": source_name(s.eval_text)}
         arguments = resume_arguments(s, s.nsamples, s.seqlen, sources)
@@ -111,16 +112,35 @@ def run_prune(
         record["save_format"] = compression.format if compression is not None else "dense"
         record["host_peak_gib"] = host_peak_gib()  # the process's peak so far (the output's shards are links)
         text = json.dumps(record, indent=1)
-        if store.streamed:  # the checkpoint's block files are the output's shards
-            files = [ckpt.block_file(i) for i in range(len(store))]
-            with atomic_folder(output_folder(output)) as tmp:
-                save_sharded(net, files, tokenizer, tmp, extra_files={RUN_LOG: text}, compression=compression)
-        else:
-            save_model(net, tokenizer, output, extra_files={RUN_LOG: text}, compression=compression)
-        if log is not None:
-            atomic_write_json(log, record)
-        ckpt.remove()
+
+        def write() -> None:
+            if store.streamed:  # the checkpoint's block files are the output's shards
+                files = [ckpt.block_file(i) for i in range(len(store))]
+                with atomic_folder(output_folder(output)) as tmp:
+                    save_sharded(net, files, tokenizer, tmp, extra_files={RUN_LOG: text}, compression=compression)
+            else:
+                save_model(net, tokenizer, output, extra_files={RUN_LOG: text}, compression=compression)
+            if log is not None:
+                atomic_write_json(log, record)
+            ckpt.remove()
+
+        world.main_first(write)
     return record
+
+
+@contextmanager
+def main_rank_locks(world: World, output: str | os.PathLike, checkpoint: Path) -> Iterator[None]:
+    """The output's and the checkpoint's locks, and the sweep of half-written temporaries, on rank 0
+    (every process of a world of one); the other ranks wait until rank 0 holds them."""
+    with ExitStack() as stack:
+        def take() -> None:
+            stack.enter_context(output_lock(output, error=LayerwiseError))
+            stack.enter_context(output_lock(checkpoint, error=LayerwiseError))
+            for folder in (checkpoint.parent, checkpoint):
+                sweep_temps(folder)  # what a killed run left half-written
+
+        world.main_first(take)
+        yield
 
 
 def source_name(source: str | os.PathLike | None) -> str | None:

@@ -48,6 +48,9 @@ class PruneSettings:
         bitmask layout, ``layerwise.compressed``; ``sparse-24-bitmask`` when every one is 2:4).
     activations : where the calibration activations live between block forwards: "device", "host"
         (pinned, copies overlapped) or "auto" (the device when they fit; ``layerwise.activations``).
+    hessian_shards : accumulate H over this many contiguous shards of the calibration mini-batches,
+        added in shard order (``layerwise.distributed``): a one-process run with N reproduces an
+        N-process torchrun run bit for bit. None: one shard per process (the plain sum in one).
     """
 
     model: str | None = None
@@ -73,6 +76,7 @@ class PruneSettings:
     text_field: str = TEXT_FIELD
     save_format: str = "dense"
     activations: str = "auto"
+    hessian_shards: int | None = None
 
     @classmethod
     def build(cls, recipe: str | dict | None = None, **given: Any) -> PruneSettings:
@@ -133,6 +137,7 @@ class PruneSettings:
         check_at_least("damping", self.damping, 0)
         check_at_least("batch_size", self.batch_size, 1)
         check_place(self.activations)
+        check_at_least("hessian_shards", self.hessian_shards, 1, optional=True)
         check_torch_device(self.device, "--device")
         check_solver_device(self.solve_device, "--solver-device")
 

@@ -10,8 +10,10 @@ from layerprune.solvers.registry import (
     register,
     solve,
     solve_many,
+    stacks_by_default,
 )
 from layerprune.solvers.result import STATUS, MethodOutput, SolveResult
 
 __all__ = ["STATUS", "Method", "MethodOptions", "MethodOutput", "OptionError", "SolveResult", "available_methods",
-           "check_options", "get_method", "options_help", "register", "solve", "solve_many"]
+           "check_options", "get_method", "options_help", "register", "solve", "solve_many",
+           "stacks_by_default"]

@@ -197,6 +197,16 @@ def _scored(p, problem, weight, mask, keep_array_type: bool) -> dict:
 _HARNESS = ("cache", "device", "dtype", "keep_array_type")  # solve()'s own arguments, not method options
 
 
+def stacks_by_default(problems, method: str) -> bool:
+    """Whether ``solve_many(problems, method)`` stacks them into one solve when ``stack`` is not given:
+    a ``stackable`` method, one pattern and sparsity, at most the method's ``stack_entries`` weights in all."""
+    problems = list(problems)
+    first = problems[0]
+    uniform = all(p.pattern == first.pattern and p.sparsity == first.sparsity for p in problems)
+    entry = get_method(method)
+    return bool(entry.stackable and uniform and sum(p.weight.size for p in problems) <= entry.stack_entries)
+
+
 def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **options: Any) -> list[SolveResult]:
     """Solve layers that share one Hessian (q/k/v, gate/up) with one factorization.
 
@@ -232,7 +242,7 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
     cache: dict = options.pop("cache", None) or {}
     uniform = all(p.pattern == first.pattern and p.sparsity == first.sparsity for p in problems)
     if stack is None:
-        stack = entry.stackable and uniform and sum(p.weight.size for p in problems) <= entry.stack_entries
+        stack = stacks_by_default(problems, method)
     if stack and len(problems) > 1:
         if not uniform:
             raise ValueError("stack=True needs layers with one pattern and sparsity")
