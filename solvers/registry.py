@@ -39,7 +39,7 @@ class Method:
     options: type = MethodOptions
     stackable: bool = False
     stack_safe: bool = False
-    stack_entries: float = 0
+    stack_entries: float | None = None  # None: ``STACK_ENTRIES``, read when solving
     needs_hessian: bool = True
     gpu: bool = True
 
@@ -57,7 +57,7 @@ def register(name: str, *, options: type = MethodOptions, stackable: bool = Fals
 
     def deco(fn: Callable[..., MethodOutput]) -> Callable[..., MethodOutput]:
         _METHODS[name] = Method(name, fn, options, stackable=stackable, stack_safe=stack_safe,
-                                stack_entries=STACK_ENTRIES if stack_entries is None else stack_entries,
+                                stack_entries=stack_entries,
                                 needs_hessian=needs_hessian, gpu=gpu)
         return fn
 
@@ -204,7 +204,8 @@ def stacks_by_default(problems, method: str) -> bool:
     first = problems[0]
     uniform = all(p.pattern == first.pattern and p.sparsity == first.sparsity for p in problems)
     entry = get_method(method)
-    return bool(entry.stackable and uniform and sum(p.weight.size for p in problems) <= entry.stack_entries)
+    limit = STACK_ENTRIES if entry.stack_entries is None else entry.stack_entries
+    return bool(entry.stackable and uniform and sum(p.weight.size for p in problems) <= limit)
 
 
 def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **options: Any) -> list[SolveResult]:
