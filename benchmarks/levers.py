@@ -103,13 +103,13 @@ def main() -> None:
     from layerprune.problems.atomic import atomic_write_json
 
     shard, shards = map(int, a.shard.split("/"))
-    plan = []
-    for sparsity, pattern in parse_settings(a.settings):
-        for lever in a.levers.split(","):
-            fields = lever_fields(lever)
-            if ":" in pattern and "sparsity_profile" in fields:
-                continue  # N:M stays uniform: the row would repeat another lever's
-            for method in a.methods.split(","):
+    plan = []  # in the order given: methods first, then settings, then levers
+    for method in a.methods.split(","):
+        for sparsity, pattern in parse_settings(a.settings):
+            for lever in a.levers.split(","):
+                fields = lever_fields(lever)
+                if ":" in pattern and "sparsity_profile" in fields:
+                    continue  # N:M stays uniform: the row would repeat another lever's
                 plan.append((lever, method, sparsity, pattern, fields))
     plan = plan[shard::shards]
     done = {row_key(r) for r in load_rows([a.output] if a.output else [])}
