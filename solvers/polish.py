@@ -62,23 +62,32 @@ def polish_pays(setting: bool | None, mask, pattern, device: str) -> bool:
     return search_cost(mask, segments(pattern)) <= POLISH_BUDGET["cuda" if str(device).startswith("cuda") else "cpu"]
 
 
-def search_support(Hn, G, mask, pattern, xp, max_swaps: int = 50, moves_per_round: int = MOVES_PER_ROUND) -> tuple:
+def search_support(Hn, G, mask, pattern, xp, max_swaps: int = 50, moves_per_round: int = MOVES_PER_ROUND,
+                   rounds: int = 1) -> tuple:
     """Exact local search on ``mask`` (out × in bool on xp) under ``pattern``; returns (mask, info key, count).
 
     Hn, G : float64 on xp (see the module). ``unstructured``: moves between rows of each layer, at
-    most ``max_swaps`` per row on average; ``row`` / N:M: at most ``max_swaps`` swaps per row.
+    most ``max_swaps`` per row on average; with ``rounds`` > 1 then swaps inside rows, and moves
+    and swaps alternated until neither finds one (a joint local optimum) or ``rounds`` rounds;
+    ``row`` / N:M: at most ``max_swaps`` swaps per row.
     """
-    if pattern.kind == "unstructured":
-        new, moves = mask.copy(), 0
-        for seg in segments(pattern):
-            rows = mask[seg].shape[0]
-            new[seg], m = batched_move_search(Hn, G[seg], mask[seg], xp, max_moves=max_swaps * rows,
-                                              moves_per_round=moves_per_round)
-            moves += m
-        return new, "local_search_moves", moves
-    group = pattern.m if pattern.kind == "nm" else None
-    new, swaps = batched_swap_search(Hn, G, mask, xp, group=group, max_swaps=max_swaps)
-    return new, "local_search_swaps", swaps
+    if pattern.kind != "unstructured":
+        group = pattern.m if pattern.kind == "nm" else None
+        new, swaps = batched_swap_search(Hn, G, mask, xp, group=group, max_swaps=max_swaps)
+        return new, "local_search_swaps", swaps
+    new, total = mask.copy(), 0
+    for seg in segments(pattern):
+        rows = mask[seg].shape[0]
+        for r in range(max(1, rounds)):
+            new[seg], moves = batched_move_search(Hn, G[seg], new[seg], xp, max_moves=max_swaps * rows,
+                                                  moves_per_round=moves_per_round)
+            swaps = 0
+            if rounds > 1 and (moves or r == 0):
+                new[seg], swaps = batched_swap_search(Hn, G[seg], new[seg], xp, max_swaps=max_swaps)
+            total += moves + swaps
+            if swaps == 0:  # move-optimal (just searched) and swap-optimal: a joint local optimum
+                break
+    return new, "local_search_moves", total
 
 
 def normalized64(problem, xp) -> tuple:
@@ -92,18 +101,19 @@ def normalized64(problem, xp) -> tuple:
 
 
 def polish(problem, weight, mask, xp, max_swaps: int = 50, moves_per_round: int = MOVES_PER_ROUND,
-           refit_tol: float = 1e-10, refit_max_iter: int = 500) -> tuple:
+           refit_tol: float = 1e-10, refit_max_iter: int = 500, rounds: int = 1) -> tuple:
     """Polish a method's answer (``weight``, ``mask`` out × in on xp) on ``problem`` (on xp).
 
     Returns (weight, mask, info): info holds ``local_search_moves`` or ``local_search_swaps``, the
-    relative errors before and after, the refit's PCG iterations and ``seconds_polish``.
+    relative errors before and after, the refit's PCG iterations and ``seconds_polish``; ``rounds``
+    as in :func:`search_support` (alternated moves and swaps on ``unstructured``).
     """
     synchronize(xp)
     t0 = time.perf_counter()
     mask = problem.drop_dead(xp.asarray(mask, dtype=bool))
     d, Hn, B = normalized64(problem, xp)
     G = B @ Hn
-    new, key, count = search_support(Hn, G, mask, problem.pattern, xp, max_swaps, moves_per_round)
+    new, key, count = search_support(Hn, G, mask, problem.pattern, xp, max_swaps, moves_per_round, rounds)
     X0 = xp.asarray(weight, dtype=np.float64) * d[None, :] * new
     X, pcg = masked_pcg(Hn, G, new, X0, xp, tol=refit_tol, max_iter=refit_max_iter, inplace=True)
     W = X / d[None, :]
