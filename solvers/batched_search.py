@@ -235,13 +235,14 @@ def _slots_of(mask, slots: int, xp):
 
 
 def batched_swap_search(Hn, G, mask, xp, group: int | None = None, max_swaps: int = 50, rel_tol: float = 1e-12,
-                        max_entries: int = 1 << 26) -> tuple:
+                        max_entries: int | None = None) -> tuple:
     """Improve ``mask`` (out × in, bool, on xp) by exact swaps in every row at once; returns (mask, swaps).
 
     Hn : (in × in) unit diagonal; G : (out × in) = B Hn (both on xp, float64 advised); group : M
     for N:M patterns (i and j share a group of M). Each row takes its best swap while it lowers
     the row's objective by more than ``rel_tol`` × g_Sᵀx, at most ``max_swaps`` times: the
-    reference's ``swap_search``. Rows run in chunks of about ``max_entries`` / (k · in) rows.
+    reference's ``swap_search``. Rows run in chunks of about ``max_entries`` / (k · in) rows
+    (default 2²² entries of U on NumPy, 2²⁶ on CuPy; the step's temporaries are a few times that).
     """
     mask = xp.array(mask, dtype=bool, copy=True)
     out, n = mask.shape
@@ -251,6 +252,7 @@ def batched_swap_search(Hn, G, mask, xp, group: int | None = None, max_swaps: in
     if k == 0 or k == n:
         return mask, 0
     slots = k + 1
+    max_entries = max_entries or (1 << 22 if xp is np else 1 << 26)
     step = max(1, max_entries // (slots * n))
     col_group = xp.arange(n) // group if group is not None else None
     swaps = 0
@@ -318,15 +320,20 @@ def batched_move_search(Hn, G, mask, xp, max_moves: int | None = None, moves_per
     cheapest_at = xp.argmin(costs, axis=1)
     cheapest = costs[xp.arange(out), cheapest_at]
     del gains, costs
-    moves, per_round = 0, max(1, int(moves_per_round))
+    full = max(1, int(moves_per_round))
+    moves, per_round = 0, full
     while max_moves is None or moves < max_moves:
         room = per_round if max_moves is None else min(per_round, max_moves - moves)
         accepted, first_failed = _move_round(st, room, tol, best_add, best_gain, cheapest, cheapest_at, spare)
         moves += accepted
-        if accepted == 0 and (room == 1 or first_failed is None):
-            break  # the best addition does not beat the cheapest removal anywhere: a local optimum
-        # an empty round of several may have missed a pair with an adding row: retry one at a time
-        per_round = 1 if accepted == 0 else max(1, int(moves_per_round))
+        if accepted == 0:
+            if first_failed is None or room == 1:
+                break  # no addition beats the cheapest removal (the reference's test): a local optimum
+            # an empty round: retry with the full round (swaps in lower-ranked rows), then one at a
+            # time (it pairs the best addition with the cheapest removal of any other row)
+            per_round = full if room < full else 1
+        else:  # twice the moves the last round kept (few are kept near the optimum), capped
+            per_round = min(full, 2 * accepted)
     return st.kept.copy(), moves
 
 

