@@ -237,7 +237,7 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
         results = {}
         for method, options, names in by_method.values():
             solved = solve_many([problems[n] for n in names], method, cache={}, device=solver_dev,
-                                keep_array_type=True, **options)
+                                keep_array_type=True, polish=settings.local_search, **options)
             results.update(zip(names, solved))
         for name in group:
             problem, r, lin = problems[name], results[name], linears[name]

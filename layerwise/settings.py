@@ -45,6 +45,9 @@ class PruneSettings:
     text_field : the field/column of .jsonl/.json/.parquet and hf: text sources.
     save_format : "dense" (plain safetensors) or "compressed" (the pruned layers in compressed-tensors'
         bitmask layout, ``layerwise.compressed``; ``sparse-24-bitmask`` when every one is 2:4).
+    local_search : after each layer's method, exact local search on its support and a refit
+        (``solve(..., polish=...)``, ``solvers.polish``): False never, True always, None where the
+        cost model says it pays (``solvers.polish.POLISH_BUDGET``).
     """
 
     model: str | None = None
@@ -69,6 +72,7 @@ class PruneSettings:
     eval_tokens: int | None = None
     text_field: str = TEXT_FIELD
     save_format: str = "dense"
+    local_search: bool | None = False
 
     @classmethod
     def build(cls, recipe: str | dict | None = None, **given: Any) -> PruneSettings:
@@ -130,6 +134,8 @@ class PruneSettings:
         check_at_least("batch_size", self.batch_size, 1)
         check_torch_device(self.device, "--device")
         check_solver_device(self.solve_device, "--solver-device")
+        if self.local_search is not None and not isinstance(self.local_search, bool):
+            raise LayerwiseError(f"local_search must be true, false or null (where it pays), got {self.local_search!r}")
 
     def layer(self, plan: dict, where: str = "") -> tuple[str, dict, float, str]:
         """(method, options, sparsity, pattern) of a layer whose override values are ``plan`` (the one
