@@ -64,10 +64,12 @@ class SlotSupports:
     def slots(self) -> int:
         return self.S.shape[1]
 
-    def rebuild(self, rows, chunk_entries: int = 1 << 24) -> None:
-        """K, x, r, s (and U) of ``rows`` (index array) from scratch, in chunks of rows."""
+    def rebuild(self, rows, chunk_entries: int | None = None) -> None:
+        """K, x, r, s (and U) of ``rows`` (index array) from scratch, in chunks of rows of about
+        ``chunk_entries`` gathered Hn entries (default 2²² on NumPy, 2²⁷ on CuPy)."""
         xp, m, n = self.xp, self.slots, self.n
         rows = xp.asarray(rows)
+        chunk_entries = chunk_entries or (1 << 22 if xp is np else 1 << 27)
         step = max(1, chunk_entries // max(1, m * n))
         eye = xp.eye(m, dtype=self.Hn.dtype)
         for c in range(0, int(rows.shape[0]), step):

@@ -62,6 +62,25 @@ def polish_pays(setting: bool | None, mask, pattern, device: str) -> bool:
     return search_cost(mask, segments(pattern)) <= POLISH_BUDGET["cuda" if str(device).startswith("cuda") else "cpu"]
 
 
+def state_groups(mask, layer: slice, xp, max_entries: int | None = None) -> list[slice]:
+    """``layer``'s rows in groups whose move-search state (rows × m², m ≈ the largest count + 8)
+    fits ``max_entries`` (default 2²⁸ on NumPy, 2³² on CuPy: 2 / 32 GiB in float64); moves then
+    stay inside a group (each group keeps its count, so the layer does: still exact, a smaller
+    neighbourhood). One group when it fits (every layer of SmolLM2; LLaMA-8B's 4096 × 4096)."""
+    start, stop, _ = layer.indices(mask.shape[0])
+    rows = stop - start
+    if rows == 0:
+        return [layer]
+    m = int(mask[layer].sum(axis=1).max()) + 8
+    max_entries = max_entries or (1 << 28 if xp is np else 1 << 32)
+    size = max(1, max_entries // (m * m))
+    if size >= rows:
+        return [layer]
+    parts = -(-rows // size)
+    size = -(-rows // parts)
+    return [slice(i, min(i + size, stop)) for i in range(start, stop, size)]
+
+
 def search_support(Hn, G, mask, pattern, xp, max_swaps: int = 50, moves_per_round: int = MOVES_PER_ROUND,
                    rounds: int = 1) -> tuple:
     """Exact local search on ``mask`` (out × in bool on xp) under ``pattern``; returns (mask, info key, count).
@@ -76,7 +95,7 @@ def search_support(Hn, G, mask, pattern, xp, max_swaps: int = 50, moves_per_roun
         new, swaps = batched_swap_search(Hn, G, mask, xp, group=group, max_swaps=max_swaps)
         return new, "local_search_swaps", swaps
     new, total = mask.copy(), 0
-    for seg in segments(pattern):
+    for seg in (g for layer in segments(pattern) for g in state_groups(mask, layer, xp)):
         rows = mask[seg].shape[0]
         for r in range(max(1, rounds)):
             new[seg], moves = batched_move_search(Hn, G[seg], new[seg], xp, max_moves=max_swaps * rows,

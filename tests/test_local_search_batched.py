@@ -268,3 +268,17 @@ def test_the_run_setting_polishes_every_layer_of_a_tiny_model():
     assert prune_settings_given(args)["local_search"] is None
     args = build_parser().parse_args(["prune", "--model", "m", "--output", "o"])
     assert "local_search" not in prune_settings_given(args)
+
+
+def test_state_groups_cover_the_layer_and_keep_each_groups_count(rng, monkeypatch):
+    Hn, G, B = normalized(rng, 30, 24)
+    mask = start_mask(B, "unstructured", 0.7)
+    m = int(mask.sum(axis=1).max()) + 8
+    groups = polish_module.state_groups(mask, slice(None), np, max_entries=9 * m * m)
+    assert len(groups) == 4 and groups[0].start == 0 and groups[-1].stop == 30
+    assert all(a.stop == b.start for a, b in zip(groups, groups[1:]))
+    monkeypatch.setattr(polish_module, "state_groups", lambda mask, layer, xp: groups)
+    grouped, _, moves = polish_module.search_support(Hn, G, mask, parse_pattern("unstructured"), np)
+    assert moves > 0
+    assert [int(grouped[g].sum()) for g in groups] == [int(mask[g].sum()) for g in groups]
+    assert exact_objective(Hn, G, B, grouped) < exact_objective(Hn, G, B, mask)
