@@ -251,7 +251,7 @@ def batched_swap_search(Hn, G, mask, xp, group: int | None = None, max_swaps: in
     if out == 0 or max_swaps <= 0:
         return mask, 0
     k = int(mask.sum(axis=1).max())
-    if k == 0 or k == n:
+    if k == 0 or bool(mask.all()):
         return mask, 0
     slots = k + 1
     max_entries = max_entries or (1 << 22 if xp is np else 1 << 26)
