@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-format", default=None, choices=("dense", "compressed"),
                    help="dense safetensors, or the pruned layers as compressed-tensors bitmasks "
                         "(sparse-24-bitmask when all are 2:4; needs pip install 'layerprune[compressed]')")
+    p.add_argument("--local-search", default=None, choices=("on", "off", "auto"),
+                   help="after each layer's method: exact local search on its support and a refit "
+                        "(auto: where the cost model says it pays; default off)")
     _add_dtype(p)
     _add_help_options(p)
     _add_device(p, device=None)
@@ -243,6 +246,8 @@ def prune_settings_given(a: argparse.Namespace) -> dict:
     given = {k: getattr(a, k) for k in PRUNE_ARGS if getattr(a, k) is not None}
     if a.option:
         given["options"] = parse_options(a.option)
+    if getattr(a, "local_search", None) is not None:
+        given["local_search"] = {"on": True, "off": False, "auto": None}[a.local_search]
     if a.no_stream:
         given["stream"] = False
     if a.no_eval:

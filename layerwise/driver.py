@@ -280,7 +280,7 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
                     problems.append(first[1].with_weight(dense, name=f"block{index}.{name}", sparsity=sparsity,
                                                          pattern=pattern))
             results = solve_many(problems, method, cache=caches.setdefault((gi, key), {}), device=solver_dev,
-                                 keep_array_type=True, **options)
+                                 keep_array_type=True, polish=settings.local_search, **options)
             for name, problem, r in zip(names, problems, results):
                 lin = linears[name]
                 write_pruned(lin.weight, r.weight, r.mask)

@@ -51,6 +51,9 @@ class PruneSettings:
     hessian_shards : accumulate H over this many contiguous shards of the calibration mini-batches,
         added in shard order (``layerwise.distributed``): a one-process run with N reproduces an
         N-process torchrun run bit for bit. None: one shard per process (the plain sum in one).
+    local_search : after each layer's method, exact local search on its support and a refit
+        (``solve(..., polish=...)``, ``solvers.polish``): False never, True always, None where the
+        cost model says it pays (``solvers.polish.POLISH_BUDGET``).
     """
 
     model: str | None = None
@@ -77,6 +80,7 @@ class PruneSettings:
     save_format: str = "dense"
     activations: str = "auto"
     hessian_shards: int | None = None
+    local_search: bool | None = False
 
     @classmethod
     def build(cls, recipe: str | dict | None = None, **given: Any) -> PruneSettings:
@@ -140,6 +144,8 @@ class PruneSettings:
         check_at_least("hessian_shards", self.hessian_shards, 1, optional=True)
         check_torch_device(self.device, "--device")
         check_solver_device(self.solve_device, "--solver-device")
+        if self.local_search is not None and not isinstance(self.local_search, bool):
+            raise LayerwiseError(f"local_search must be true, false or null (where it pays), got {self.local_search!r}")
 
     def layer(self, plan: dict, where: str = "") -> tuple[str, dict, float, str]:
         """(method, options, sparsity, pattern) of a layer whose override values are ``plan`` (the one

@@ -35,13 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from layerprune.problems.backend import PhaseClock, matmul_precision, to_numpy
-from layerprune.problems.patterns import StackedPattern
+from layerprune.problems.backend import PhaseClock, matmul_precision
 from layerprune.solvers.linalg import syevd_fits
-from layerprune.solvers.local_search import move_search, swap_search
 from layerprune.solvers.normalized import NormalizedProblem, ShiftedInverse
 from layerprune.solvers.options import MethodOptions, OptionError
 from layerprune.solvers.pcg import masked_pcg
+from layerprune.solvers.polish import search_cost, search_support, segments
 from layerprune.solvers.registry import register
 from layerprune.solvers.result import CONVERGED, ITERATION_CAP, REFIT_NOT_CONVERGED, SUPPORT_FROZEN, MethodOutput
 
@@ -157,35 +156,21 @@ def alps(problem, xp, dtype, cache, options: ALPSOptions) -> MethodOutput:
 
 def _layers(pattern) -> list[slice]:
     """Row ranges of the layers in the problem: several for a stack (``solve_many``), else one."""
-    return pattern.segments() if isinstance(pattern, StackedPattern) else [slice(None)]
+    return segments(pattern)
 
 
 def _wants_local_search(local_search: bool | None, budget: float, mask, layers: list[slice]) -> bool:
     """The explicit choice, or (None) whether out · k² · in fits in ``budget`` for every layer."""
     if local_search is not None:
         return bool(local_search)
-
-    def cost(m) -> int:
-        out, inp = m.shape
-        k = int(m.sum(axis=1).max()) if out else 0
-        return out * k * k * inp
-
-    return max(cost(mask[rows]) for rows in layers) <= budget
+    return search_cost(mask, layers) <= budget
 
 
 def _local_search(norm: NormalizedProblem, mask, Hn, max_swaps: int) -> tuple:
-    """Local search on the host in float64 (``solvers.local_search``): (mask on xp, info key, count)."""
-    Hn64, G, start = to_numpy(Hn).astype(np.float64), to_numpy(norm.G), to_numpy(mask)
-    if norm.pattern.kind == "unstructured":  # moves between rows of one layer (of a stack: layer by layer)
-        segments = _layers(norm.pattern)
-        new, moves = start.copy(), 0
-        for seg in segments:
-            new[seg], m = move_search(Hn64, G[seg], start[seg], max_moves=max_swaps * start[seg].shape[0])
-            moves += m
-        return norm.xp.asarray(new), "local_search_moves", moves
-    group = norm.pattern.m if norm.pattern.kind == "nm" else None
-    new, swaps = swap_search(Hn64, G, start, group=group, max_swaps=max_swaps)
-    return norm.xp.asarray(new), "local_search_swaps", swaps
+    """Exact local search on the solving backend in float64 (``solvers.polish.search_support``,
+    batched over rows: ``solvers.batched_search``): (mask on xp, info key, count)."""
+    xp = norm.xp
+    return search_support(Hn.astype(np.float64), norm.G.astype(np.float64), mask, norm.pattern, xp, max_swaps)
 
 
 def _admm_step(norm: NormalizedProblem, Z, T, X_block, mask, inverse: ShiftedInverse, rho: float) -> None:

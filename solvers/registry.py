@@ -20,6 +20,7 @@ import numpy as np
 
 from layerprune.problems.backend import device_scope, resolve_device, synchronize, to_numpy, to_xp, xp_for
 from layerprune.solvers.options import MethodOptions, build_options, describe_options
+from layerprune.solvers.polish import check_polish, polish_answer
 from layerprune.solvers.result import MethodOutput, SolveResult, status_ok
 
 
@@ -105,6 +106,7 @@ def solve(
     dtype: Any = None,
     keep_array_type: bool = False,
     cache: dict | None = None,
+    polish: bool | None = False,
     **options: Any,
 ) -> SolveResult:
     """Solve one layer's pruning problem with ``method``.
@@ -116,12 +118,16 @@ def solve(
         instead of NumPy.
     cache : a dict shared across calls on layers with the same Hessian (q/k/v, gate/up)
         so factorizations are computed once; see :func:`solve_many`.
+    polish : after the method, improve its support by exact local search and refit it
+        (``solvers.polish``): False (default) never, True always, None where the cost model
+        says it pays (``solvers.polish.polish_pays``); its time is part of ``seconds``.
     options : the method's options (the fields of its options class, e.g. ``ALPSOptions``),
         checked before any work (:func:`check_options`).
     """
+    check_polish(polish)
     dev = _checked_device(method, options, device)
     with device_scope(dev):
-        p, out, weight, mask, seconds = _run(problem, method, dev, dtype, cache, options)
+        p, out, weight, mask, seconds = _run(problem, method, dev, dtype, cache, options, polish)
         scored = _scored(p, problem, weight, mask, keep_array_type)
     return SolveResult(
         **scored,
@@ -148,9 +154,10 @@ def _checked_device(method: str, options: dict, device: str | None) -> str:
     return dev
 
 
-def _run(problem, method: str, dev: str, dtype, cache: dict | None, options: dict):
+def _run(problem, method: str, dev: str, dtype, cache: dict | None, options: dict, polish: bool | None = False):
     """Run ``method`` on ``problem`` moved to the resolved device ``dev`` (current for CuPy),
-    timed, and check its answer: (problem on xp, MethodOutput, weight ⊙ mask, mask, seconds)."""
+    timed, polished when ``polish`` asks (``solvers.polish``), and check its answer:
+    (problem on xp, MethodOutput, weight ⊙ mask, mask, seconds)."""
     from layerprune.problems import LayerProblem
 
     if not isinstance(problem, LayerProblem):
@@ -165,6 +172,8 @@ def _run(problem, method: str, dev: str, dtype, cache: dict | None, options: dic
     synchronize(xp)
     t0 = time.perf_counter()
     out = entry.fn(p, xp=xp, dtype=work_dtype, cache={} if cache is None else cache, options=opts)
+    if polish is not False:
+        polish_answer(p, out, xp, dev, polish)
     synchronize(xp)
     seconds = time.perf_counter() - t0
 
@@ -194,7 +203,7 @@ def _scored(p, problem, weight, mask, keep_array_type: bool) -> dict:
             "sparsity": sparsity}
 
 
-_HARNESS = ("cache", "device", "dtype", "keep_array_type")  # solve()'s own arguments, not method options
+_HARNESS = ("cache", "device", "dtype", "keep_array_type", "polish")  # solve()'s own arguments, not method options
 
 
 def stacks_by_default(problems, method: str) -> bool:
@@ -228,6 +237,7 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
     """
     entry = get_method(method)
     check_options(method, {k: v for k, v in options.items() if k not in _HARNESS})  # before any work
+    check_polish(options.get("polish", False))
     problems = list(problems)
     if not problems:
         return []
@@ -256,7 +266,7 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
 
 
 def _solve_stacked(problems, method: str, cache: dict, keep_array_type: bool = False, device=None, dtype=None,
-                   **options: Any) -> list[SolveResult]:
+                   polish: bool | None = False, **options: Any) -> list[SolveResult]:
     """One solve of the layers' rows stacked (see ``solve_many``), scored and returned per layer."""
     from layerprune.problems.patterns import StackedPattern
 
@@ -265,7 +275,7 @@ def _solve_stacked(problems, method: str, cache: dict, keep_array_type: bool = F
     joint.pattern = StackedPattern.of(first.pattern, [p.shape[0] for p in problems])  # each layer's own constraint
     dev = _checked_device(method, options, device)
     with device_scope(dev):
-        j, out, weight, mask, seconds = _run(joint, method, dev, dtype, cache, options)
+        j, out, weight, mask, seconds = _run(joint, method, dev, dtype, cache, options, polish)
         scored, start = [], 0
         for p in problems:
             part = slice(start, start + p.shape[0])

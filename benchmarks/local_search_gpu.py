@@ -1,0 +1,117 @@
+"""Local search on the device: the gain and the time of the batched exact search after ALPS and SparseGPT.
+
+    layerprune capture --model smollm2 --layers 0,15,29 --nsamples 32 --seqlen 512 --output /tmp/gpuls_probs
+    python benchmarks/local_search_gpu.py /tmp/gpuls_probs --device cuda [--sparsity 0.7] [--synthetic 4096x4096,14336x4096]
+        [--variants alps,alps-ls,alps-ls-joint,sparsegpt,sparsegpt-polish] [--out rows.json]
+
+Per layer: relative error and seconds of each variant, then per variant the mean relative error, the mean
+of the per-layer ratios to plain ALPS and to SparseGPT, and the ratio of total seconds to ALPS's.
+Variants: ``alps`` (``local_search=False``), ``alps-ls`` (ALPS's own ``local_search=True``: moves between
+rows / swaps in rows before its refit), ``alps-polish`` (plain ALPS then ``solve(..., polish=True)``),
+``alps-ls-joint`` (ALPS then moves and swaps alternated to a joint local optimum, ``solvers.polish.polish``
+with ``rounds=10``), ``sparsegpt``, ``sparsegpt-polish``. ``--synthetic OUTxIN,...`` adds synthetic
+problems of those shapes (``problems.builders.synthetic_problem``, built on the device; LLaMA-3-8B:
+4096x4096 attention, 14336x4096 gate/up, 4096x14336 down).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+import numpy as np
+
+from layerprune import LayerProblem, solve
+from layerprune.problems.backend import resolve_device, synchronize, xp_for
+from layerprune.problems.builders import synthetic_problem
+from layerprune.solvers.polish import polish
+
+VARIANTS = ["alps", "alps-ls", "alps-ls-joint", "sparsegpt", "sparsegpt-polish"]
+
+
+def run_variant(name: str, p: LayerProblem, device: str, cache: dict) -> tuple[float, float, dict]:
+    """(relative error, seconds, info) of one variant on ``p``."""
+    if name == "alps":
+        r = solve(p, "alps", device=device, local_search=False)
+    elif name == "alps-ls":
+        r = solve(p, "alps", device=device, local_search=True)
+    elif name == "alps-polish":
+        r = solve(p, "alps", device=device, local_search=False, polish=True)
+    elif name == "sparsegpt":
+        r = solve(p, "sparsegpt", device=device)
+    elif name == "sparsegpt-polish":
+        r = solve(p, "sparsegpt", device=device, polish=True)
+    elif name == "alps-ls-joint":  # ALPS, then moves and swaps alternated to a joint local optimum
+        base = cache.get("alps") or solve(p, "alps", device=device, local_search=False)
+        xp = xp_for(device)
+        q = p.on(xp)
+        synchronize(xp)
+        t0 = time.perf_counter()
+        W, mask, info = polish(q, xp.asarray(base.weight), xp.asarray(base.mask), xp, rounds=10)
+        synchronize(xp)
+        return q.relative_error(W), base.seconds + time.perf_counter() - t0, info
+    else:
+        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS + ['alps-polish'])}")
+    if name == "alps":
+        cache["alps"] = r
+    return r.relative_error, r.seconds, {k: v for k, v in r.info.items() if "local" in k or "polish" in k}
+
+
+def problems(args) -> list[tuple[str, LayerProblem]]:
+    out = []
+    if args.folder:
+        for f in sorted(pathlib.Path(args.folder).glob("*.npz")):
+            if args.layers and not any(s in f.stem for s in args.layers.split(",")):
+                continue
+            out.append((f.stem, LayerProblem.load(f).with_sparsity(args.sparsity, args.pattern)))
+    for shape in filter(None, (args.synthetic or "").split(",")):
+        o, i = (int(v) for v in shape.lower().split("x"))
+        xp = xp_for(resolve_device(args.device))
+        out.append((f"synthetic{o}x{i}", synthetic_problem(o, i, args.sparsity, args.pattern, seed=0, xp=xp)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("folder", nargs="?", default=None)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--pattern", default="unstructured")
+    ap.add_argument("--layers", default=None, help="only files whose name contains one of these (comma-separated)")
+    ap.add_argument("--synthetic", default=None, help="OUTxIN shapes of synthetic problems, comma-separated")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    names = args.variants.split(",")
+    rows = []
+    for label, p in problems(args):
+        cache: dict = {}
+        line = {"layer": label, "shape": list(p.shape)}
+        for v in names:
+            err, sec, info = run_variant(v, p, device, cache)
+            line[v] = {"rel_error": err, "seconds": sec, **{k: (float(x) if isinstance(x, (int, float, np.floating)) else x)
+                                                        for k, x in info.items()}}
+        rows.append(line)
+        print(f"{label:28s} {p.shape[0]:6d}x{p.shape[1]:<6d} "
+              + " ".join(f"{v}={line[v]['rel_error']:.5f} ({line[v]['seconds']:.2f} s)" for v in names), flush=True)
+    if not rows:
+        raise SystemExit("no problems: give a folder of .npz files and/or --synthetic")
+    print(f"\ndevice {device}, {args.pattern} at sparsity {args.sparsity}, {len(rows)} layers")
+    print("| variant | mean rel. error | mean ratio to ALPS (worst) | mean ratio to SparseGPT | seconds (total) | seconds / ALPS's |")
+    print("|---|---|---|---|---|---|")
+    for v in names:
+        err = np.array([r[v]["rel_error"] for r in rows])
+        sec = sum(r[v]["seconds"] for r in rows)
+        to_alps = f"{np.mean(err / [r['alps']['rel_error'] for r in rows]):.4f} ({np.max(err / [r['alps']['rel_error'] for r in rows]):.4f})" if "alps" in names else "-"
+        to_sgpt = f"{np.mean(err / [r['sparsegpt']['rel_error'] for r in rows]):.4f}" if "sparsegpt" in names else "-"
+        t_alps = f"{sec / sum(r['alps']['seconds'] for r in rows):.2f}" if "alps" in names else "-"
+        print(f"| {v} | {err.mean():.5f} | {to_alps} | {to_sgpt} | {sec:.2f} | {t_alps} |")
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
