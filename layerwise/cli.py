@@ -21,6 +21,7 @@ from typing import Any
 
 from layerprune.extras import MissingExtraError
 from layerprune.layerwise.errors import LayerwiseError
+from layerprune.layerwise.levers import SEQUENTIAL, TARGETS
 from layerprune.layerwise.settings import PruneSettings
 
 PRUNE_DEFAULTS = PruneSettings()
@@ -140,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-format", default=None, choices=("dense", "compressed"),
                    help="dense safetensors, or the pruned layers as compressed-tensors bitmasks "
                         "(sparse-24-bitmask when all are 2:4; needs pip install 'layerprune[compressed]')")
+    p.add_argument("--sequential", default=None, choices=SEQUENTIAL,
+                   help=f"block: every Hessian of a block from its dense weights; groups: q/k/v, o, gate/up, down in "
+                        f"turn, each with the earlier ones pruned (default {d.sequential})")
+    p.add_argument("--target", default=None, choices=TARGETS,
+                   help=f"pruned: fit each layer on the pruned model's inputs; dense: fit the dense model's outputs "
+                        f"(one more activation buffer) (default {d.target})")
     _add_dtype(p)
     _add_help_options(p)
     _add_device(p, device=None)
@@ -226,9 +233,13 @@ PRUNE_ARGS = ("model", "method", "sparsity", "pattern", "calib", "nsamples", "se
               "eval_tokens", "batch_size", "solver_device", "dtype", "device", "text_field", "save_format")  # flags named as PruneSettings' fields
 
 
+LEVER_ARGS = ("sequential", "target")  # layerwise.levers' flags, PruneSettings' fields too
+
+
 def prune_settings_given(a: argparse.Namespace) -> dict:
     """The PruneSettings fields the command line gave (a flag left out keeps the recipe's or the default)."""
     given = {k: getattr(a, k) for k in PRUNE_ARGS if getattr(a, k) is not None}
+    given.update({k: getattr(a, k) for k in LEVER_ARGS if getattr(a, k) is not None})
     if a.option:
         given["options"] = parse_options(a.option)
     if a.no_stream:

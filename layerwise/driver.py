@@ -25,6 +25,7 @@ A resume with other settings (the device and batch size included) is refused, na
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ from torch import nn
 
 from layerprune.layerwise.blocks import capture_inputs, collect_hessians, run_block
 from layerprune.layerwise.errors import LayerwiseError
+from layerprune.layerwise.levers import prune_block, replay, uses_levers
 from layerprune.layerwise.models import block_linears, context_length
 from layerprune.layerwise.recipe import plan_layers
 from layerprune.layerwise.settings import PruneSettings
@@ -201,13 +203,15 @@ class BlockClock:
 
 
 def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: list[list[str]],
-                 settings: PruneSettings, index: int, plans: dict[str, dict], on_layer=None) -> list[dict]:
+                 settings: PruneSettings, index: int, plans: dict[str, dict], on_layer=None,
+                 cross: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[dict]:
     """Prune the planned linears of one block in place; one log entry per pruned layer.
 
     plans : local layer name → its override values (``recipe.plan_layers``); a layer not in it
         stays dense. Each group's H (one tensor, on the solver's device) is shared by the
         group's problems; layers of a group with one method and options are solved together by
-        ``solve_many``. The results come back as torch tensors on that device
+        ``solve_many``. cross : layer name → (C, D) of a dense target (``layerwise.levers``; None:
+        none); a group without an H in ``hessians`` is skipped. The results come back as torch tensors on that device
         (``keep_array_type``: DLPack from CuPy, a view of NumPy) and are copied into the weights.
     """
     linears = block_linears(block)
@@ -215,15 +219,17 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
     solver_dev = settings.solve_device
     for gi, group in enumerate(groups):
         group = [name for name in group if name in plans]
-        if not group:
+        if not group or group[0] not in hessians:
             continue
         H = hessians[group[0]].to(torch.device(solver_dev))  # no copy when it is there already
+        target = {} if cross is None else dict(zip(("cross", "target_hessian"),
+                                                   (t.to(H.device) for t in cross[group[0]])))
         layer = {name: settings.layer(plans[name]) for name in group}
         # a copy of each weight: the problem's Ŵ stays the dense weight whatever is written into the layer
         dense = [linears[name].weight.detach().to(device=H.device, dtype=torch.float32, copy=True) for name in group]
         _, _, sparsity, pattern = layer[group[0]]
         first = LayerProblem(weight=dense[0], hessian=H, sparsity=sparsity, pattern=pattern,
-                             damping=settings.damping, name=f"block{index}.{group[0]}")
+                             damping=settings.damping, name=f"block{index}.{group[0]}", **target)
         # the group's other layers share the first's validated, damped Hessian
         problems = {group[0]: first}
         for name, w in zip(group[1:], dense[1:]):
@@ -350,7 +356,10 @@ def prune_model(
                 "delete it to start over"
             )
     inputs = capture_inputs(model, calib, settings.batch_size, device)
+    dense_inputs = inputs if settings.target == "dense" else None  # the dense model's block inputs (levers)
     if state is not None:
+        if dense_inputs is not None:  # the dense blocks, before the checkpoint's pruned ones replace them
+            dense_inputs = replay(store, int(state["next_block"]), dense_inputs, device)
         start = ckpt.restore(store, state)
         layers, seconds_before = list(state["layers"]), float(state.get("seconds", 0.0))
         for index in range(start):  # block `start`'s inputs: replay the pruned blocks, as the run did
@@ -369,13 +378,22 @@ def prune_model(
         clock = BlockClock(device)
         with store.on(index, device) as block:
             clock.lap("load")
-            hessians, groups, _ = collect_hessians(block, inputs, device, index=index)
-            clock.lap("hessians")
             prefix = store.prefix(index)
             block_plans = {name[len(prefix):]: plan for name, plan in plans.items() if name.startswith(prefix)}
-            _solve_block(block, hessians, groups, settings, index, block_plans, on_layer=on_layer)
-            clock.lap("solve")
-            del hessians
+            if uses_levers(settings.sequential, settings.target):  # groups in turn, and/or dense targets
+                dense_inputs, stats = prune_block(
+                    block, inputs, dense_inputs, sequential=settings.sequential, device=device,
+                    planned=set(block_plans), index=index,
+                    solve=functools.partial(_solve_block, block, settings=settings, index=index, plans=block_plans,
+                                            on_layer=on_layer))
+                both = clock.lap("solve")
+                clock.laps.update(hessians=stats, solve=both - stats)
+            else:
+                hessians, groups, _ = collect_hessians(block, inputs, device, index=index)
+                clock.lap("hessians")
+                _solve_block(block, hessians, groups, settings, index, block_plans, on_layer=on_layer)
+                clock.lap("solve")
+                del hessians
             inputs = run_block(block, inputs)  # the pruned block's outputs feed the next block
             clock.lap("forward")
             block_log.append(clock.entry(index))

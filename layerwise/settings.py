@@ -13,6 +13,7 @@ from typing import Any
 
 from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
 from layerprune.layerwise.errors import LayerwiseError
+from layerprune.layerwise.levers import check_levers
 from layerprune.layerwise.recipe import DEFAULT_TARGETS, check_entries, load_recipe, parse_overrides
 from layerprune.layerwise.sources import TEXT_FIELD
 from layerprune.problems import resolve_sparsity
@@ -45,6 +46,10 @@ class PruneSettings:
     text_field : the field/column of .jsonl/.json/.parquet and hf: text sources.
     save_format : "dense" (plain safetensors) or "compressed" (the pruned layers in compressed-tensors'
         bitmask layout, ``layerwise.compressed``; ``sparse-24-bitmask`` when every one is 2:4).
+    sequential : "block" (every H of a block from one pass with its dense weights) or "groups"
+        (q/k/v, o, gate/up, down in forward order, each H with the earlier groups pruned; ``layerwise.levers``).
+    target : "pruned" (fit Ŵ on the pruned model's inputs) or "dense" (fit the dense model's outputs,
+        ‖X_p Wᵀ − X_d Ŵᵀ‖² + λ‖W − Ŵ‖²: ``problems.targets``; one more activation stream).
     """
 
     model: str | None = None
@@ -69,6 +74,8 @@ class PruneSettings:
     eval_tokens: int | None = None
     text_field: str = TEXT_FIELD
     save_format: str = "dense"
+    sequential: str = "block"
+    target: str = "pruned"
 
     @classmethod
     def build(cls, recipe: str | dict | None = None, **given: Any) -> PruneSettings:
@@ -130,6 +137,7 @@ class PruneSettings:
         check_at_least("batch_size", self.batch_size, 1)
         check_torch_device(self.device, "--device")
         check_solver_device(self.solve_device, "--solver-device")
+        check_levers(self.sequential, self.target)
 
     def layer(self, plan: dict, where: str = "") -> tuple[str, dict, float, str]:
         """(method, options, sparsity, pattern) of a layer whose override values are ``plan`` (the one
