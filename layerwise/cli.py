@@ -21,7 +21,7 @@ from typing import Any
 
 from layerprune.extras import MissingExtraError
 from layerprune.layerwise.errors import LayerwiseError
-from layerprune.layerwise.levers import SEQUENTIAL, TARGETS
+from layerprune.layerwise.levers import SEQUENTIAL, TARGETS, parse_levers
 from layerprune.layerwise.settings import PruneSettings
 
 PRUNE_DEFAULTS = PruneSettings()
@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per block forward (default 8)")
     p.add_argument("--eval-batch-size", type=int, default=1, help="windows per perplexity forward (default 1)")
     p.add_argument("--output", default=None, help="also write the results as JSON here (rewritten after every row)")
+    p.add_argument("--levers", default=None,
+                   help="rows for several (sequential, target) levers, e.g. block:pruned,groups:dense "
+                        f"(default {PRUNE_DEFAULTS.sequential}:{PRUNE_DEFAULTS.target})")
     p.add_argument("--quiet", action="store_true")
     _add_device(p, threads=1)  # one thread is 2-3x faster on a shared 2-core machine (layerwise/threads.py)
     return parser
@@ -407,6 +410,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         seqlen=DEMO_DEFAULTS["seqlen"] if a.seqlen is None else a.seqlen,
         eval_tokens=eval_tokens, device=a.device, batch_size=a.batch_size, eval_batch_size=a.eval_batch_size,
         text_field=a.text_field, output=a.output, progress=not a.quiet,
+        levers=None if a.levers is None else parse_levers(a.levers),
     )
     return 0
 

@@ -412,6 +412,8 @@ def prune_model(
     bar.close()
     return {
         "settings": asdict(settings),
+        "sequential": settings.sequential,
+        "target": settings.target,
         "nsamples": int(calib.shape[0]),
         "seqlen": int(calib.shape[1]),
         "blocks": len(store),

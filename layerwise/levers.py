@@ -50,6 +50,21 @@ def check_levers(sequential: str, target: str) -> None:
         raise LayerwiseError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
 
 
+def parse_levers(text: str) -> list[tuple[str, str]]:
+    """``"block:pruned,groups:dense"`` → [("block", "pruned"), ("groups", "dense")] (the demo's ``--levers``)."""
+    out = []
+    for item in (t.strip() for t in str(text).split(",")):
+        if item:
+            sequential, sep, target = item.partition(":")
+            if not sep:
+                raise LayerwiseError(f"--levers: {item!r} is not SEQUENTIAL:TARGET (e.g. groups:dense)")
+            check_levers(sequential, target)
+            out.append((sequential, target))
+    if not out:
+        raise LayerwiseError("--levers: no SEQUENTIAL:TARGET pair given")
+    return out
+
+
 def uses_levers(sequential: str, target: str) -> bool:
     """Whether a block needs this module (anything but the one-pass, pruned-input default)."""
     return sequential != "block" or target != "pruned"

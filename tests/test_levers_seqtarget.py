@@ -389,3 +389,40 @@ def test_cli_flags_reach_the_settings():
     assert "sequential" not in prune_settings_given(build_parser().parse_args(["prune", "--model", "m", "--output", "o"]))
     s = PruneSettings.build(None, **given)
     assert (s.sequential, s.target) == ("groups", "dense")
+
+
+def test_python_prune_takes_the_levers(calib):
+    import layerprune
+
+    model = tiny_model("llama")
+    res = layerprune.prune(model, byte_tokenizer(), calib_ids=calib, method="magnitude", sparsity=0.5, eval_text=None,
+                           sequential="groups", target="dense", batch_size=3, progress=False)
+    assert res.log["sequential"] == "groups" and res.log["target"] == "dense"
+    assert res.log["settings"]["sequential"] == "groups"
+
+
+def test_demo_rows_per_lever(tmp_path, capsys):
+    from layerprune.layerwise.cli import main
+    from layerprune.layerwise.levers import parse_levers
+    from layerprune.layerwise.models import save_model
+    from layerprune.layerwise.pipeline import run_demo
+
+    assert parse_levers("block:pruned, groups:dense") == [("block", "pruned"), ("groups", "dense")]
+    for bad in ("groups", "groups:teacher", ""):
+        with pytest.raises(LayerwiseError, match="levers|target"):
+            parse_levers(bad)
+    save_model(tiny_model("llama"), byte_tokenizer(), tmp_path / "tiny")
+    (tmp_path / "text.txt").write_text(tiny_text(3000))
+    kw = dict(calib=str(tmp_path / "text.txt"), text=str(tmp_path / "text.txt"), nsamples=4, seqlen=SEQLEN,
+              eval_tokens=512, progress=False, echo=lambda *a: None)
+    result = run_demo(str(tmp_path / "tiny"), ("sparsegpt",), settings="0.6",
+                      levers=[("block", "pruned"), ("groups", "dense")], **kw)
+    rows = result["rows"]
+    assert [(r["setting"], r["sequential"], r["target"]) for r in rows] == [
+        ("0.6 unstructured", "block", "pruned"), ("0.6 unstructured groups/dense", "groups", "dense")]
+    alone = run_demo(str(tmp_path / "tiny"), ("sparsegpt",), settings="0.6", levers=[("groups", "dense")], **kw)
+    assert alone["rows"][0]["perplexity"] == rows[1]["perplexity"]  # each row starts from the dense model
+    assert main(["demo", "--model", str(tmp_path / "tiny"), "--calib", kw["calib"], "--text", kw["text"],
+                 "--nsamples", "4", "--seqlen", str(SEQLEN), "--eval-tokens", "512", "--quiet", "--methods", "magnitude",
+                 "--settings", "0.5", "--levers", "groups:pruned"]) == 0
+    assert "| 0.5 unstructured groups/pruned | magnitude | 0.50 |" in capsys.readouterr().out
