@@ -426,3 +426,28 @@ def test_demo_rows_per_lever(tmp_path, capsys):
                  "--nsamples", "4", "--seqlen", str(SEQLEN), "--eval-tokens", "512", "--quiet", "--methods", "magnitude",
                  "--settings", "0.5", "--levers", "groups:pruned"]) == 0
     assert "| 0.5 unstructured groups/pruned | magnitude | 0.50 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "opt", "gpt_neox"])
+def test_levers_on_every_family_find_the_groups_in_forward_order(family, calib, monkeypatch):
+    from layerprune.layerwise.levers import forward_groups
+    from layerprune.problems import parse_pattern
+
+    model = tiny_model(family)
+    x = capture_inputs(model, calib, 3)
+    groups = forward_groups(find_blocks(model)[1][0], x)
+    assert sorted(n for g in groups for n in g) == sorted(block_linears(find_blocks(model)[1][0]))
+    want = {"llama": [QKV, ["self_attn.o_proj"], MLP_IN, ["mlp.down_proj"]],
+            "qwen2": [QKV, ["self_attn.o_proj"], MLP_IN, ["mlp.down_proj"]],
+            "opt": [["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"], ["self_attn.out_proj"], ["fc1"],
+                    ["fc2"]],
+            "gpt_neox": [["attention.query_key_value"], ["attention.dense"], ["mlp.dense_h_to_4h"],
+                         ["mlp.dense_4h_to_h"]]}[family]
+    assert [sorted(g) for g in groups] == [sorted(g) for g in want]  # the groups, in forward order
+    calls = _record(monkeypatch)
+    log = prune_model(model, calib, PruneSettings(method="sparsegpt", sparsity=0.6, batch_size=3, sequential="groups",
+                                                  target="dense"), progress=False)
+    assert [g for i, g, _, _ in calls if i == 0] == [[g] for g in groups]
+    for e in log["layers"]:
+        assert e["kept"] == e["target_kept"] == parse_pattern("unstructured").kept_per_layer(tuple(e["shape"]), 0.6)
+        assert 0 <= e["relative_error"] < 1
