@@ -451,3 +451,18 @@ def test_levers_on_every_family_find_the_groups_in_forward_order(family, calib, 
     for e in log["layers"]:
         assert e["kept"] == e["target_kept"] == parse_pattern("unstructured").kept_per_layer(tuple(e["shape"]), 0.6)
         assert 0 <= e["relative_error"] < 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_levers_on_the_gpu(dtype, calib):
+    """Blocks, H, C, D, Ŵ′ (CuPy Cholesky) and the solver on the GPU: exact counts, errors as on the CPU."""
+    for method in ("sparsegpt", "alps", "wanda"):
+        logs = {}
+        for device in ("cpu", "cuda"):
+            model = tiny_model("llama", layers=3).to(dtype)
+            logs[device] = prune_model(model, calib, PruneSettings(method=method, sparsity=0.6, device=device,
+                                                                   batch_size=3, sequential="groups", target="dense"),
+                                       progress=False)
+            assert all(e["kept"] == e["target_kept"] for e in logs[device]["layers"])
+        assert logs["cuda"]["mean_relative_error"] == pytest.approx(logs["cpu"]["mean_relative_error"], rel=0.05)
