@@ -13,6 +13,10 @@ For block ℓ = 0, 1, …, with X_ℓ its calibration inputs (the *pruned* model
 4. the pruned weights are written back on the device and the *pruned* block is run on X_ℓ:
    X_{ℓ+1}.
 
+With ``sequential="groups"`` and/or ``target="dense"`` steps 1–3 are ``levers.prune_block``:
+the groups solved in forward order, each H with the earlier groups pruned, and/or each layer
+fit to the dense model's outputs from a second stream of the dense model's block inputs.
+
 With a checkpoint folder, after every block that block's tensors under their model names
 (``block_XXXX.safetensors``, the output's shard for a streamed model) are written, then
 ``state.json`` (the run log so far and the run's arguments) is replaced atomically to point past it. No activations are saved: ``resume`` reloads the
