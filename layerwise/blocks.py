@@ -180,7 +180,7 @@ def head_logits(model: nn.Module, ids: torch.Tensor, last: BlockInputs, batch_si
         setattr(parent, attr, blocks)
 
 
-def _same_input(a: torch.Tensor, b: torch.Tensor) -> bool:
+def same_input(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two layer inputs are the same data: the same tensor, or a view of the same
     memory with the same shape, strides and dtype that was not written to in between."""
     return a is b or (
@@ -261,7 +261,7 @@ def collect_hessians(
             x = inp[0]
             if share and name in state["seen"]:  # a second call in one forward: grouping is unsafe
                 state["twice"] = True
-            if share and state["last"] is not None and _same_input(x, state["last"]):
+            if share and state["last"] is not None and same_input(x, state["last"]):
                 leader = state["leader"]
             else:
                 # keep a reference: its memory cannot be reused by another tensor while we compare against it

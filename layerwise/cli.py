@@ -22,6 +22,7 @@ from typing import Any
 from layerprune.extras import MissingExtraError
 from layerprune.layerwise.activations import PLACES
 from layerprune.layerwise.errors import LayerwiseError
+from layerprune.layerwise.levers import SEQUENTIAL, TARGETS, parse_levers
 from layerprune.layerwise.settings import PruneSettings
 
 PRUNE_DEFAULTS = PruneSettings()
@@ -148,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-search", default=None, choices=("on", "off", "auto"),
                    help="after each layer's method: exact local search on its support and a refit "
                         "(auto: where the cost model says it pays; default off)")
+    p.add_argument("--sequential", default=None, choices=SEQUENTIAL,
+                   help=f"block: every Hessian of a block from its dense weights; groups: q/k/v, o, gate/up, down in "
+                        f"turn, each with the earlier ones pruned (default {d.sequential})")
+    p.add_argument("--target", default=None, choices=TARGETS,
+                   help=f"pruned: fit each layer on the pruned model's inputs; dense: fit the dense model's outputs "
+                        f"(one more activation buffer) (default {d.target})")
     _add_dtype(p)
     _add_help_options(p)
     _add_device(p, device=None)
@@ -230,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per block forward (default 8)")
     p.add_argument("--eval-batch-size", type=int, default=1, help="windows per perplexity forward (default 1)")
     p.add_argument("--output", default=None, help="also write the results as JSON here (rewritten after every row)")
+    p.add_argument("--levers", default=None,
+                   help="rows for several (sequential, target) levers, e.g. block:pruned,groups:dense "
+                        f"(default {PRUNE_DEFAULTS.sequential}:{PRUNE_DEFAULTS.target})")
     p.add_argument("--quiet", action="store_true")
     _add_device(p, threads=1)  # one thread is 2-3x faster on a shared 2-core machine (layerwise/threads.py)
     return parser
@@ -241,9 +251,13 @@ PRUNE_ARGS = ("model", "method", "sparsity", "pattern", "calib", "nsamples", "se
               "activations")  # flags named as PruneSettings' fields
 
 
+LEVER_ARGS = ("sequential", "target")  # layerwise.levers' flags, PruneSettings' fields too
+
+
 def prune_settings_given(a: argparse.Namespace) -> dict:
     """The PruneSettings fields the command line gave (a flag left out keeps the recipe's or the default)."""
     given = {k: getattr(a, k) for k in PRUNE_ARGS if getattr(a, k) is not None}
+    given.update({k: getattr(a, k) for k in LEVER_ARGS if getattr(a, k) is not None})
     if a.option:
         given["options"] = parse_options(a.option)
     if getattr(a, "local_search", None) is not None:
@@ -425,6 +439,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         seqlen=DEMO_DEFAULTS["seqlen"] if a.seqlen is None else a.seqlen,
         eval_tokens=eval_tokens, device=a.device, batch_size=a.batch_size, eval_batch_size=a.eval_batch_size,
         text_field=a.text_field, output=a.output, progress=not a.quiet,
+        levers=None if a.levers is None else parse_levers(a.levers),
     )
     return 0
 

@@ -13,6 +13,10 @@ For block ℓ = 0, 1, …, with X_ℓ its calibration inputs (the *pruned* model
 4. the pruned weights are written back on the device and the *pruned* block is run on X_ℓ:
    X_{ℓ+1}.
 
+With ``sequential="groups"`` and/or ``target="dense"`` steps 1–3 are ``levers.prune_block``:
+the groups solved in forward order, each H with the earlier groups pruned, and/or each layer
+fit to the dense model's outputs from a second stream of the dense model's block inputs.
+
 With a checkpoint folder, after every block that block's tensors under their model names
 (``block_XXXX.safetensors``, the output's shard for a streamed model) are written, then
 ``state.json`` (the run log so far and the run's arguments) is replaced atomically to point past it. No activations are saved: ``resume`` reloads the
@@ -40,6 +44,7 @@ from torch import nn
 from layerprune.layerwise.blocks import capture_inputs, collect_hessians, run_block
 from layerprune.layerwise.distributed import World, block_hessians, lpt_assign, unit_costs
 from layerprune.layerwise.errors import LayerwiseError
+from layerprune.layerwise.levers import prune_block, replay, uses_levers
 from layerprune.layerwise.models import block_linears, context_length
 from layerprune.layerwise.recipe import plan_layers
 from layerprune.layerwise.settings import PruneSettings
@@ -218,14 +223,16 @@ class BlockClock:
 
 def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: list[list[str]],
                  settings: PruneSettings, index: int, plans: dict[str, dict], on_layer=None,
-                 world: World | None = None, measured: dict[str, float] | None = None) -> list[dict]:
+                 world: World | None = None, measured: dict[str, float] | None = None,
+                 cross: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[dict]:
     """Prune the planned linears of one block in place; one log entry per pruned layer.
 
     plans : local layer name → its override values (``recipe.plan_layers``); a layer not in it
         stays dense. Each group's H (one tensor, on the solver's device) is shared by the
         group's problems; layers of a group with one method and options are solved with one
         cache (the factorization once), and together as one stack where ``solve_many`` would
-        stack them. The results come back as torch tensors on that device
+        stack them. cross : layer name → (C, D) of a dense target (``layerwise.levers``; None:
+        none); a group without an H in ``hessians`` is skipped. The results come back as torch tensors on that device
         (``keep_array_type``: DLPack from CuPy, a view of NumPy) and are copied into the weights.
     world, measured : with several ranks (``layerwise.distributed``) each solve unit goes to the
         rank :func:`lpt_assign` picks on its cost (``measured``: the layers' seconds in the
@@ -240,6 +247,8 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
     order: list[str] = []
     for gi, group in enumerate(groups):
         group = [name for name in group if name in plans]
+        if not group or group[0] not in hessians:
+            continue
         order += group
         layer.update({name: settings.layer(plans[name]) for name in group})
         by_method: dict[str, tuple[str, dict, list[str]]] = {}  # layers with one method and options: one cache
@@ -273,8 +282,10 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
                 _, _, sparsity, pattern = layer[name]
                 if first is None or first[0] != gi:
                     H = hessians[name].to(torch.device(solver_dev))  # no copy when it is there already
+                    target = {} if cross is None else dict(zip(("cross", "target_hessian"),
+                                                               (t.to(H.device) for t in cross[name])))
                     first = (gi, LayerProblem(weight=dense, hessian=H, sparsity=sparsity, pattern=pattern,
-                                              damping=settings.damping, name=f"block{index}.{name}"))
+                                              damping=settings.damping, name=f"block{index}.{name}", **target))
                     problems.append(first[1])
                 else:  # the group's other layers share the first's validated, damped Hessian
                     problems.append(first[1].with_weight(dense, name=f"block{index}.{name}", sparsity=sparsity,
@@ -379,6 +390,10 @@ def prune_model(
     check_seqlen(model, int(calib.shape[1]))
     world = World.current()  # several ranks under torchrun (layerwise.distributed); one otherwise
     world.check_batches(int(calib.shape[0]), settings.batch_size, settings.hessian_shards)
+    if world.size > 1 and uses_levers(settings.sequential, settings.target):
+        raise LayerwiseError(f"sequential={settings.sequential!r} / target={settings.target!r} run in one process "
+                             "only for now (their statistics are not reduced across ranks): use the defaults "
+                             "(block, pruned) under torchrun")
     world.use_device(settings.device)
     store = store_for(model)
     if store.streamed and checkpoint is None:
@@ -408,7 +423,10 @@ def prune_model(
             )
     inputs = capture_inputs(model, world.shard_ids(calib, settings.batch_size), settings.batch_size, device,
                             settings.activations)
+    dense_inputs = inputs if settings.target == "dense" else None  # the dense model's block inputs (levers)
     if state is not None:
+        if dense_inputs is not None:  # the dense blocks, before the checkpoint's pruned ones replace them
+            dense_inputs = replay(store, int(state["next_block"]), dense_inputs, device)
         start = ckpt.restore(store, state)
         layers, seconds_before = list(state["layers"]), float(state.get("seconds", 0.0))
         for index in range(start):  # block `start`'s inputs: replay the pruned blocks, as the run did
@@ -427,16 +445,25 @@ def prune_model(
         clock = BlockClock(device)
         with store.on(index, device) as block:
             clock.lap("load")
-            hessians, groups, _ = block_hessians(world, block, inputs, device, index, settings.hessian_shards,
-                                                 collect=collect_hessians)
-            clock.lap("hessians")
             prefix = store.prefix(index)
             block_plans = {name[len(prefix):]: plan for name, plan in plans.items() if name.startswith(prefix)}
             measured = {e["layer"]: e["seconds"] for e in layers if e["block"] == index - 1}  # the cost model's
-            _solve_block(block, hessians, groups, settings, index, block_plans, on_layer=on_layer, world=world,
-                         measured=measured)
-            clock.lap("solve")
-            del hessians
+            if uses_levers(settings.sequential, settings.target):  # groups in turn, and/or dense targets
+                dense_inputs, stats = prune_block(
+                    block, inputs, dense_inputs, sequential=settings.sequential, device=device,
+                    planned=set(block_plans), index=index,
+                    solve=functools.partial(_solve_block, block, settings=settings, index=index, plans=block_plans,
+                                            on_layer=on_layer, world=world, measured=measured))
+                both = clock.lap("solve")
+                clock.laps.update(hessians=stats, solve=both - stats)
+            else:
+                hessians, groups, _ = block_hessians(world, block, inputs, device, index, settings.hessian_shards,
+                                                     collect=collect_hessians)
+                clock.lap("hessians")
+                _solve_block(block, hessians, groups, settings, index, block_plans, on_layer=on_layer, world=world,
+                             measured=measured)
+                clock.lap("solve")
+                del hessians
             inputs = run_block(block, inputs)  # the pruned block's outputs feed the next block
             clock.lap("forward")
             block_log.append(clock.entry(index))
@@ -455,6 +482,8 @@ def prune_model(
     bar.close()
     return {
         "settings": asdict(settings),
+        "sequential": settings.sequential,
+        "target": settings.target,
         "nsamples": int(calib.shape[0]),
         "seqlen": int(calib.shape[1]),
         "blocks": len(store),

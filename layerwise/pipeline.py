@@ -247,8 +247,12 @@ def run_demo(
     output: str | os.PathLike | None = None,
     progress: bool = True,
     echo=None,
+    levers: Sequence[tuple[str, str]] | None = None,
 ) -> dict:
     """Prune ``model`` with each method at each setting and tabulate perplexity, error and seconds.
+
+    levers : (sequential, target) pairs (``layerwise.levers``), each a row per setting and method,
+        labelled "SETTING SEQUENTIAL/TARGET" unless it is PruneSettings' default; None: the default.
 
     settings : several settings in one process, e.g. ``"0.5,0.7,2:4"`` (see :func:`parse_settings`);
         None: the one setting ``(sparsity, pattern)``. Every (setting, method) row shares the
@@ -260,12 +264,16 @@ def run_demo(
     echo = echo or (lambda *a: print(*a, flush=True))
     pairs = parse_settings(settings) if settings is not None else [(sparsity, pattern)]
     runs = []
+    default_levers = (PruneSettings.sequential, PruneSettings.target)
     for sp, pat in pairs:
-        for m in methods:
-            s = PruneSettings(method=m, sparsity=sp, pattern=pat, device=device, batch_size=batch_size, calib=calib,
-                              text_field=text_field, nsamples=nsamples, seqlen=seqlen, seed=seed, eval_text=None)
-            s.validate()
-            runs.append((setting_label(s.sparsity, s.pattern), s))
+        for seq, tgt in (levers or [default_levers]):
+            for m in methods:
+                s = PruneSettings(method=m, sparsity=sp, pattern=pat, device=device, batch_size=batch_size, calib=calib,
+                                  text_field=text_field, nsamples=nsamples, seqlen=seqlen, seed=seed, eval_text=None,
+                                  sequential=seq, target=tgt)
+                s.validate()
+                lever = "" if (seq, tgt) == default_levers else f" {seq}/{tgt}"
+                runs.append((setting_label(s.sparsity, s.pattern) + lever, s))
     if not runs:
         raise LayerwiseError("no methods given")
     check_at_least("eval_batch_size", eval_batch_size, 1)
@@ -309,7 +317,8 @@ def run_demo(
             row = {"setting": label, "method": s.method, "pattern": s.pattern, "target_sparsity": s.sparsity,
                    "sparsity": run["sparsity"], "perplexity": ppl, "ratio": ppl / dense,
                    "mean_relative_error": run["mean_relative_error"], "prune_seconds": run["seconds"],
-                   "unconverged_layers": run["unconverged_layers"], "minutes": minutes, "layers": run["layers"]}
+                   "unconverged_layers": run["unconverged_layers"], "minutes": minutes, "layers": run["layers"],
+                   "sequential": s.sequential, "target": s.target}
             result["rows"].append(row)
             result["minutes_total"] = (time.perf_counter() - t0) / 60
             if output is not None:

@@ -14,6 +14,7 @@ from typing import Any
 from layerprune.layerwise.activations import check_place
 from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
 from layerprune.layerwise.errors import LayerwiseError
+from layerprune.layerwise.levers import check_levers
 from layerprune.layerwise.recipe import DEFAULT_TARGETS, check_entries, load_recipe, parse_overrides
 from layerprune.layerwise.sources import TEXT_FIELD
 from layerprune.problems import resolve_sparsity
@@ -54,6 +55,10 @@ class PruneSettings:
     local_search : after each layer's method, exact local search on its support and a refit
         (``solve(..., polish=...)``, ``solvers.polish``): False never, True always, None where the
         cost model says it pays (``solvers.polish.POLISH_BUDGET``).
+    sequential : "block" (every H of a block from one pass with its dense weights) or "groups"
+        (q/k/v, o, gate/up, down in forward order, each H with the earlier groups pruned; ``layerwise.levers``).
+    target : "pruned" (fit Ŵ on the pruned model's inputs) or "dense" (fit the dense model's outputs,
+        ‖X_p Wᵀ − X_d Ŵᵀ‖² + λ‖W − Ŵ‖²: ``problems.targets``; one more activation stream).
     """
 
     model: str | None = None
@@ -81,6 +86,8 @@ class PruneSettings:
     activations: str = "auto"
     hessian_shards: int | None = None
     local_search: bool | None = False
+    sequential: str = "block"
+    target: str = "pruned"
 
     @classmethod
     def build(cls, recipe: str | dict | None = None, **given: Any) -> PruneSettings:
@@ -146,6 +153,7 @@ class PruneSettings:
         check_solver_device(self.solve_device, "--solver-device")
         if self.local_search is not None and not isinstance(self.local_search, bool):
             raise LayerwiseError(f"local_search must be true, false or null (where it pays), got {self.local_search!r}")
+        check_levers(self.sequential, self.target)
 
     def layer(self, plan: dict, where: str = "") -> tuple[str, dict, float, str]:
         """(method, options, sparsity, pattern) of a layer whose override values are ``plan`` (the one

@@ -10,8 +10,10 @@ from layerprune.problems.patterns import (
     top_k_per_row,
 )
 from layerprune.problems.problem import LayerProblem
+from layerprune.problems.targets import CrossAccumulator
 
 __all__ = [
+    "CrossAccumulator",
     "HessianAccumulator",
     "LayerProblem",
     "Pattern",

@@ -10,6 +10,10 @@ Dead input channels (a zero column of X, so Hⱼⱼ = 0 and, H being PSD, row an
 of H are zero) are handled here once, for every method and at any damping, as the
 SparseGPT reference does (``H[dead, dead] = 1; W[:, dead] = 0``): see
 :attr:`LayerProblem.dead_channels`.
+
+A *dense target* (``cross=``, ``target_hessian=``: :mod:`layerprune.problems.targets`) makes
+the objective the asymmetric ‖X_p Wᵀ − X_d Ŵᵀ‖² + λ‖W − Ŵ‖²; the solvers see the equivalent
+symmetric problem (Ŵ′, H) through ``weight`` and ``hessian`` as before.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import numpy as np
 from layerprune.problems.atomic import atomic_write
 from layerprune.problems.backend import array_module, is_torch, to_numpy, to_xp
 from layerprune.problems.patterns import Pattern, parse_pattern, resolve_sparsity
+from layerprune.problems.targets import cholesky64, transformed_weight
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional cross term (a dense target); files without one are still written as 1
 
 
 def _as_float_array(a: Any, name: str):
@@ -58,6 +63,15 @@ class LayerProblem:
     pattern : "unstructured", "row" or "N:M".
     damping : relative damping factor; λ = damping · mean(diag H) is added to diag H.
     name : optional label (layer name), kept through save/load.
+    cross, target_hessian : (in, in) arrays, both or neither — a *dense target*
+        (:mod:`layerprune.problems.targets`): C = X_pᵀX_d and D = X_dᵀX_d (undamped, on the
+        same rows and scale as ``hessian`` = X_pᵀX_p), X_d the layer's inputs in the dense
+        model. The problem is then f_λ(W) = ‖X_p Wᵀ − X_d Ŵᵀ‖² + λ‖W − Ŵ‖²: ``target_weight``
+        is Ŵ (as given), ``weight`` the transformed Ŵ′ = Ŵ (C + λI)ᵀ H_λ⁻¹ that every solver
+        reads with ``hessian`` (H_λ), and ``objective`` / ``relative_error`` are the asymmetric
+        f_λ and f_λ(W) / f_λ(0), f_λ(0) = ‖X_d Ŵᵀ‖² + λ‖Ŵ‖² = tr(Ŵ (D + λI) Ŵᵀ). When C and D
+        equal ``hessian`` exactly (X_p = X_d) it is today's problem bit for bit (Ŵ′ = Ŵ).
+        None (the default): today's problem.
 
     Dead input channels (``dead_channels``: bool (in,), Hⱼⱼ == 0 exactly; ``n_dead``):
       * their weights are pruned: Ŵ[:, dead] is zeroed in ``weight`` (a copy; the caller's array
@@ -85,6 +99,8 @@ class LayerProblem:
         pattern: str | Pattern = "unstructured",
         damping: float = 0.01,
         name: str = "",
+        cross: Any = None,
+        target_hessian: Any = None,
     ) -> None:
         self.pattern = parse_pattern(pattern)
         self.origin = weight if is_torch(weight) else None  # for keep_array_type
@@ -95,9 +111,16 @@ class LayerProblem:
         self.name = str(name)
         self._validate()
         self._find_dead_channels()
-        self.weight = self.without_dead(self.weight)
+        self.cross = self.target_hessian = None
+        self.target_weight = self.weight
+        self.same_inputs = True  # X_p = X_d: no cross term, or one equal to H
         self._damped = None
         self._views: dict = {}
+        if (cross is None) != (target_hessian is None):
+            raise ValueError("cross and target_hessian go together (a dense target needs both)")
+        if cross is not None:
+            self._set_target(cross, target_hessian)
+        self.weight = self.without_dead(self.weight)
 
     # -- validation ----------------------------------------------------------
     def _check_sparsity(self, sparsity: float | None) -> float:
@@ -160,6 +183,64 @@ class LayerProblem:
             return mask
         return mask & ~to_xp(self.dead_channels, array_module(mask))[None, :]
 
+    # -- a dense target (cross term) -------------------------------------------
+    def _set_target(self, cross: Any, target_hessian: Any) -> None:
+        """Validate C and D, and set ``weight`` to Ŵ′ (dead columns zeroed by the caller)."""
+        xp, n = self.xp, self.raw_hessian.shape[0]
+        C = to_xp(_as_float_array(cross, "cross"), xp)
+        D = to_xp(_as_float_array(target_hessian, "target_hessian"), xp)
+        for label, A in (("cross", C), ("target_hessian", D)):
+            if tuple(A.shape) != (n, n):
+                raise ValueError(f"{label} must be ({n}, {n}) like the hessian, got shape {tuple(A.shape)}")
+            if not bool(xp.isfinite(A).all()):
+                raise ValueError(f"{label} contains NaN or Inf")
+        scale = max(float(xp.abs(xp.diagonal(D)).max()), 1e-30)
+        if bool((xp.diagonal(D) < -1e-6 * scale).any()):
+            raise ValueError("target_hessian is not PSD: it has negative diagonal entries")
+        if float(xp.abs(D - D.T).max()) > 1e-4 * scale:
+            raise ValueError("target_hessian is not symmetric")
+        self.cross, self.target_hessian = C, D
+        self.same_inputs = bool(xp.array_equal(C, self.raw_hessian)) and bool(xp.array_equal(D, self.raw_hessian))
+        self.weight = self._transform(self.target_weight)
+
+    def _transform(self, W):
+        """Ŵ′ for the dense weight W (W itself when X_p = X_d), in W's dtype."""
+        if self.same_inputs:
+            return W
+        if "cholesky" not in self._views:
+            self._views["cholesky"] = cholesky64(self.hessian, self.xp)
+        return transformed_weight(W, self._views["cholesky"], self.cross, self.lam, self.xp).astype(W.dtype)
+
+    @property
+    def has_target(self) -> bool:
+        """Whether the problem is asymmetric (a cross term that differs from H)."""
+        return not self.same_inputs
+
+    def transformed(self) -> "LayerProblem":
+        """The symmetric problem every solver minimizes: weight Ŵ′, the same H, no cross term
+        (self when there is none). Its objective differs from this one's by a constant."""
+        if self.cross is None:
+            return self
+        p = LayerProblem.__new__(LayerProblem)
+        p.__dict__.update(self.__dict__)
+        p.cross = p.target_hessian = None
+        p.target_weight, p.same_inputs = self.weight, True
+        p._views = {"hessian64": self._hessian64()}
+        return p
+
+    def _cross_term(self, W) -> float:
+        """⟨W, Ŵ (C + λI)ᵀ⟩ in float64, row chunks."""
+        xp = self.xp
+        if "cross64" not in self._views:
+            self._views["cross64"] = self.cross.astype(xp.float64)
+        C = self._views["cross64"]
+        total = 0.0
+        for r in range(0, W.shape[0], 1024):
+            Wc = W[r : r + 1024].astype(xp.float64)
+            Tc = self.target_weight[r : r + 1024].astype(xp.float64)
+            total += float(xp.sum(Wc * (Tc @ C.T + self.lam * Tc)))
+        return total
+
     # -- the damped Hessian and the objective ---------------------------------
     @property
     def shape(self) -> tuple[int, int]:
@@ -218,16 +299,29 @@ class LayerProblem:
         return self._views["hessian64"]
 
     def objective(self, W: Any) -> float:
-        """f(W) = tr((W − Ŵ) H (W − Ŵ)ᵀ), H damped, computed in float64."""
+        """f(W) = tr((W − Ŵ) H (W − Ŵ)ᵀ), H damped, computed in float64. With a dense target:
+        f_λ(W) = tr(W H_λ Wᵀ) − 2⟨W, Ŵ (C + λI)ᵀ⟩ + tr(Ŵ (D + λI) Ŵᵀ) (float64, from C and D,
+        not through the rounded Ŵ′)."""
         W = to_xp(W, self.xp)
         if tuple(W.shape) != self.shape:
             raise ValueError(f"shape mismatch: W is {tuple(W.shape)}, the layer is {self.shape}")
-        return self._quadratic(W, minus=self.weight)
+        if self.same_inputs:
+            return self._quadratic(W, minus=self.weight)
+        return self._quadratic(W) - 2.0 * self._cross_term(W) + self.dense_energy()
 
     def dense_energy(self) -> float:
-        """tr(Ŵ H Ŵᵀ): the objective of the all-zero weight."""
+        """tr(Ŵ H Ŵᵀ): the objective of the all-zero weight (a dense target: tr(Ŵ (D + λI) Ŵᵀ)
+        = ‖X_d Ŵᵀ‖² + λ‖Ŵ‖²)."""
         if "energy" not in self._views:
-            self._views["energy"] = self._quadratic(self.weight)
+            if self.same_inputs:
+                self._views["energy"] = self._quadratic(self.weight)
+            else:
+                xp, total = self.xp, 0.0
+                D = self.target_hessian.astype(xp.float64)
+                for r in range(0, self.shape[0], 1024):
+                    Tc = self.target_weight[r : r + 1024].astype(xp.float64)
+                    total += float(xp.sum((Tc @ D) * Tc)) + self.lam * float(xp.sum(Tc * Tc))
+                self._views["energy"] = total
         return self._views["energy"]
 
     def relative_error(self, W: Any) -> float:
@@ -265,6 +359,11 @@ class LayerProblem:
             p.raw_hessian = to_xp(self.raw_hessian, xp)
             p.dead_channels = to_xp(self.dead_channels, xp)
             p._damped = None if self._damped is None else to_xp(self._damped, xp)
+            if self.cross is not None:
+                p.cross, p.target_hessian = to_xp(self.cross, xp), to_xp(self.target_hessian, xp)
+                p.target_weight = to_xp(self.target_weight, xp) if self.target_weight is not self.weight else p.weight
+            else:
+                p.target_weight = p.weight
             p._views = {}
             self._views[key] = p
         return self._views[key]
@@ -282,8 +381,8 @@ class LayerProblem:
     def with_weight(self, weight: Any, name: str = "", sparsity: float | None = None,
                     pattern: str | Pattern | None = None) -> "LayerProblem":
         """Another layer with the same inputs (q/k/v, gate/up of one block): this problem's
-        Hessian and damping with the dense weight ``weight`` (out' × in), and this problem's
-        sparsity and pattern unless ``sparsity`` / ``pattern`` are given.
+        Hessian and damping (and cross term, if any) with the dense weight ``weight`` (out' × in),
+        and this problem's sparsity and pattern unless ``sparsity`` / ``pattern`` are given.
 
         The Hessian is validated once and its damped and float64 forms on this problem's
         backend are shared, not recomputed nor held twice (a copy made for another
@@ -299,9 +398,13 @@ class LayerProblem:
         if sparsity is not None or pattern is not None:
             p.sparsity = p._check_sparsity(sparsity)
         p._validate_weight()
-        p.weight = p.without_dead(p.weight)
         p._damped = self.hessian
         p._views = {"hessian64": self._hessian64()}
+        p.target_weight = p.weight
+        if self.cross is not None:  # the same cross term: this layer's own Ŵ′, the factorization shared
+            p._views.update({k: v for k, v in self._views.items() if k in ("cholesky", "cross64")})
+            p.weight = p._transform(p.weight)
+        p.weight = p.without_dead(p.weight)
         return p
 
     def __repr__(self) -> str:
@@ -316,7 +419,7 @@ class LayerProblem:
     def metadata(self) -> dict:
         return {
             "format": "layerprune.LayerProblem",
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.cross is not None else 1,
             "sparsity": self.sparsity,
             "pattern": self.pattern.name,
             "damping": self.damping,
@@ -325,12 +428,16 @@ class LayerProblem:
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write weight, undamped Hessian and metadata to one ``.npz`` (atomically)."""
+        """Write weight, undamped Hessian and metadata to one ``.npz`` (atomically); with a dense
+        target also ``cross`` and ``target_hessian``, the weight saved being the dense Ŵ (format 2)."""
         path = os.fspath(path)
         if not path.endswith(".npz"):
             path += ".npz"
         arrays = dict(weight=to_numpy(self.weight), hessian=to_numpy(self.raw_hessian),
                       metadata=np.array(json.dumps(self.metadata())))
+        if self.cross is not None:  # the dense Ŵ (not Ŵ′) and the cross term: load rebuilds Ŵ′
+            arrays.update(weight=to_numpy(self.target_weight), cross=to_numpy(self.cross),
+                          target_hessian=to_numpy(self.target_hessian))
         atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
     @classmethod
@@ -354,10 +461,12 @@ class LayerProblem:
                     f"{path}: written by a newer layerprune (format {version}; this one reads ≤ {FORMAT_VERSION})"
                 )
             weight, hessian = f["weight"], f["hessian"]
+            target = {k: f[k] for k in ("cross", "target_hessian") if k in keys}
         pat = pattern if pattern is not None else meta.get("pattern", "unstructured")
         if sparsity is None:
             sparsity = meta.get("sparsity") if pattern is None or pattern == meta.get("pattern") else None
-        return cls(weight, hessian, sparsity=sparsity, pattern=pat, damping=meta.get("damping", 0.01), name=meta.get("name", ""))
+        return cls(weight, hessian, sparsity=sparsity, pattern=pat, damping=meta.get("damping", 0.01), name=meta.get("name", ""),
+                   **target)
 
     # -- builders --------------------------------------------------------------
     @classmethod

@@ -271,7 +271,8 @@ def _solve_stacked(problems, method: str, cache: dict, keep_array_type: bool = F
     from layerprune.problems.patterns import StackedPattern
 
     first = problems[0]
-    joint = first.with_weight(first.xp.concatenate([p.weight for p in problems]), name="+".join(p.name for p in problems))
+    joint = first.transformed().with_weight(first.xp.concatenate([p.weight for p in problems]),  # Ŵ′ rows (dense targets)
+                                            name="+".join(p.name for p in problems))
     joint.pattern = StackedPattern.of(first.pattern, [p.shape[0] for p in problems])  # each layer's own constraint
     dev = _checked_device(method, options, device)
     with device_scope(dev):
