@@ -200,10 +200,10 @@ def _record(monkeypatch):
     calls = []
     real = driver._solve_block
 
-    def spy(block, hessians, groups, settings, index, plans, on_layer=None, cross=None):
+    def spy(block, hessians, groups, settings, index, plans, on_layer=None, cross=None, **kw):
         calls.append((index, [list(g) for g in groups], {k: v.clone() for k, v in hessians.items()},
                       None if cross is None else {k: (c.clone(), d.clone()) for k, (c, d) in cross.items()}))
-        return real(block, hessians, groups, settings, index, plans, on_layer=on_layer, cross=cross)
+        return real(block, hessians, groups, settings, index, plans, on_layer=on_layer, cross=cross, **kw)
 
     monkeypatch.setattr(driver, "_solve_block", spy)
     return calls
