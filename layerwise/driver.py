@@ -38,6 +38,7 @@ from torch import nn
 from layerprune.layerwise.blocks import capture_inputs, collect_hessians, run_block
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, context_length
+from layerprune.layerwise.profiles import allocate_sparsity, with_allocation
 from layerprune.layerwise.recipe import plan_layers
 from layerprune.layerwise.settings import PruneSettings
 from layerprune.layerwise.stores import block_tensors, store_for
@@ -349,6 +350,12 @@ def prune_model(
                 f"the checkpoint in {ckpt.folder} belongs to another run (model, calibration or settings differ); "
                 "delete it to start over"
             )
+    # a sparsity profile: per-layer sparsities from a dense pre-pass (layerwise.profiles), kept in the checkpoint
+    allocation = state.get("allocation") if state is not None else None
+    if allocation is None and settings.sparsity_profile != "uniform":
+        allocation = allocate_sparsity(model, store, calib, settings, plans, progress=progress)
+    if allocation is not None:
+        plans = with_allocation(plans, allocation["sparsities"])
     inputs = capture_inputs(model, calib, settings.batch_size, device)
     if state is not None:
         start = ckpt.restore(store, state)
@@ -383,7 +390,7 @@ def prune_model(
                 ckpt.save_block(index, block, store.prefix(index), {
                     **(extra_state or {}), "fingerprint": fp, "model_blocks": store.path, "layers": layers,
                     "seconds": seconds_before + time.perf_counter() - t0, "settings": asdict(settings),
-                    "arguments": args,
+                    "arguments": args, "allocation": allocation,
                 })
                 if store.streamed:  # the pruned block is read back from its file from now on
                     store.restore(index, ckpt.block_file(index))
@@ -405,4 +412,6 @@ def prune_model(
         "unconverged_layers": unconverged(layers),
         "sparsity": 1.0 - sum(e["kept"] for e in layers) / max(sum(e["shape"][0] * e["shape"][1] for e in layers), 1),
         "seconds": seconds_before + time.perf_counter() - t0,
+        "sparsity_profile": settings.sparsity_profile,
+        "allocation": allocation,  # the profile's per-layer sparsities and what produced them (None: uniform)
     }

@@ -11,6 +11,7 @@ import difflib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
+from layerprune.layerwise.allocation import check_profile
 from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.recipe import DEFAULT_TARGETS, check_entries, load_recipe, parse_overrides
@@ -45,6 +46,13 @@ class PruneSettings:
     text_field : the field/column of .jsonl/.json/.parquet and hf: text sources.
     save_format : "dense" (plain safetensors) or "compressed" (the pruned layers in compressed-tensors'
         bitmask layout, ``layerwise.compressed``; ``sparse-24-bitmask`` when every one is 2:4).
+    sparsity_profile : how ``sparsity`` is spread over the layers (``layerwise.allocation``): "uniform"
+        (every layer at it), "owl" (outlier-weighted per block) or "curve" (measured error curves);
+        the free layers keep exactly round((1 − s)·their weights) together; not with N:M patterns.
+    owl_m, owl_lmbda : OWL's outlier threshold M (× the mean Wanda score) and λ (blocks within s ± 2λ).
+    curve_offsets : the sparsities s + offset (those in [0, 1)) each layer's curve is measured at.
+    curve_weighting : the curve objective Σ w_ℓ·e_ℓ: "relative" (w = 1), "size" (w ∝ weights), "objective"
+        (w ∝ tr(Ŵ H Ŵᵀ), the absolute error).
     """
 
     model: str | None = None
@@ -69,6 +77,11 @@ class PruneSettings:
     eval_tokens: int | None = None
     text_field: str = TEXT_FIELD
     save_format: str = "dense"
+    sparsity_profile: str = "uniform"
+    owl_m: float = 5.0
+    owl_lmbda: float = 0.08
+    curve_offsets: tuple = (-0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
+    curve_weighting: str = "size"
 
     @classmethod
     def build(cls, recipe: str | dict | None = None, **given: Any) -> PruneSettings:
@@ -130,6 +143,8 @@ class PruneSettings:
         check_at_least("batch_size", self.batch_size, 1)
         check_torch_device(self.device, "--device")
         check_solver_device(self.solve_device, "--solver-device")
+        self.curve_offsets = check_profile(self.sparsity_profile, self.pattern, self.owl_m, self.owl_lmbda,
+                                           self.curve_offsets, self.curve_weighting)
 
     def layer(self, plan: dict, where: str = "") -> tuple[str, dict, float, str]:
         """(method, options, sparsity, pattern) of a layer whose override values are ``plan`` (the one
