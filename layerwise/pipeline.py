@@ -108,6 +108,7 @@ def run_prune(
         record["seconds_total"] = time.perf_counter() - t0
         compression = Compression.from_run(record) if s.save_format == "compressed" else None
         record["save_format"] = compression.format if compression is not None else "dense"
+        record["sparsity_plot"] = sparsity_plot_name(s)
         text = json.dumps(record, indent=1)
         if store.streamed:  # the checkpoint's block files are the output's shards
             files = [ckpt.block_file(i) for i in range(len(store))]
@@ -117,8 +118,29 @@ def run_prune(
             save_model(net, tokenizer, output, extra_files={RUN_LOG: text}, compression=compression)
         if log is not None:
             atomic_write_json(log, record)
+        if record["sparsity_plot"] == SPARSITY_PLOT:  # beside the run log, in the saved folder
+            from layerprune.reports.plots import plot_layer_sparsity
+
+            record["sparsity_plot"] = str(plot_layer_sparsity(
+                record["layers"], output_folder(output) / SPARSITY_PLOT, s.sparsity,
+                title=f"{s.method} {s.sparsity:g}, sparsity profile {s.sparsity_profile}"))
         ckpt.remove()
     return record
+
+
+SPARSITY_PLOT = "layer_sparsity.png"
+
+
+def sparsity_plot_name(s: PruneSettings) -> str | None:
+    """The per-layer sparsity plot a run with a profile writes beside its run log (``SPARSITY_PLOT``);
+    None for a uniform run, and without matplotlib (the ``reports`` extra)."""
+    import importlib.util
+
+    if s.sparsity_profile == "uniform":
+        return None
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
+    return SPARSITY_PLOT
 
 
 def source_name(source: str | os.PathLike | None) -> str | None:

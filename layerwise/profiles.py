@@ -39,7 +39,6 @@ from layerprune.layerwise.allocation import (
     curve_grid,
     curve_weights,
     kept_counts,
-    outlier_ratio,
     owl_sparsities,
     sparsities_of,
     target_kept,
@@ -219,7 +218,8 @@ def allocate_sparsity(model: nn.Module, store, calib: torch.Tensor, settings: Pr
         kept, result = allocate_curves(fitted, weights, slots, total)
         info["curve"] = {"weighting": settings.curve_weighting, "offsets": list(settings.curve_offsets),
                          "solve_seconds": solve_seconds, **result,
-                         "points": {n: curves[n]["points"] for n in free}}
+                         "points": {n: curves[n]["points"] for n in free},
+                         "energy": {n: curves[n]["energy"] for n in free}}
     sparsities = dict(zip(free, sparsities_of(slots, kept)))
     for n, k in zip(free, kept):  # the solver's own rounding gives back each count
         if patterns[n].kept_per_layer(shapes[n], sparsities[n]) != int(k):
