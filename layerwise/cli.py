@@ -117,7 +117,8 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--owl-lmbda", dest="owl_lmbda", type=float, default=None,
                    help=f"OWL: block sparsities within s ± 2λ (default {d.owl_lmbda:g})")
     p.add_argument("--curve-offsets", dest="curve_offsets", type=_floats, default=None,
-                   help="curve: the sparsities s + offset each layer's error is measured at (default "
+                   help="curve: the sparsities s + offset each layer's error is measured at, written "
+                        "--curve-offsets=-0.1,0,0.1 (default "
                         + ",".join(f"{o:g}" for o in d.curve_offsets) + ")")
     p.add_argument("--curve-weighting", dest="curve_weighting", default=None,
                    help=f"curve: minimize the sum of relative errors weighted by 1 (relative), the layer's size (size) "
