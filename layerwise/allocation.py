@@ -275,7 +275,7 @@ def check_profile(profile: str, pattern: str, owl_m: float, owl_lmbda: float, of
     from layerprune.layerwise.errors import LayerwiseError
 
     if profile not in PROFILES:
-        near = difflib.get_close_matches(str(profile), PROFILES, 1)
+        near = difflib.get_close_matches(str(profile).lower(), PROFILES, 1)
         raise LayerwiseError(f"unknown sparsity_profile {profile!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
                              + f"; the profiles are {', '.join(PROFILES)}")
     if profile != "uniform" and ":" in str(pattern):
@@ -296,7 +296,7 @@ def check_profile(profile: str, pattern: str, owl_m: float, owl_lmbda: float, of
         raise LayerwiseError(f"curve_offsets must be a non-empty list of sparsity offsets in (−1, 1), e.g. "
                              f"[-0.1, -0.05, 0, 0.05, 0.1], got {offsets!r}")
     if weighting not in CURVE_WEIGHTINGS:
-        near = difflib.get_close_matches(str(weighting), CURVE_WEIGHTINGS, 1)
+        near = difflib.get_close_matches(str(weighting).lower(), CURVE_WEIGHTINGS, 1)
         raise LayerwiseError(f"unknown curve_weighting {weighting!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
                              + f"; the weightings are {', '.join(CURVE_WEIGHTINGS)}")
     return tuple(sorted(float(o) for o in offsets))

@@ -148,7 +148,9 @@ def measure_curves(block: nn.Module, inputs: BlockInputs, names: list[str], plan
                 batch.append((name, base.with_weight(w, name=f"block{index}.{name}", sparsity=s, pattern=pattern)))
         for method, options, batch in batches.values():
             t = time.perf_counter()
-            results = solve_many([p for _, p in batch], method, cache={}, device=solver_dev, stack=False, **options)
+            # one call for the whole grid: the factorization of H is shared (results stay on the solver's device)
+            results = solve_many([p for _, p in batch], method, cache={}, device=solver_dev, keep_array_type=True,
+                                 **options)
             seconds += time.perf_counter() - t
             for (name, p), r in zip(batch, results):
                 rec = out.setdefault(name, {"size": int(p.shape[0] * p.shape[1]), "energy": float(p.dense_energy()),

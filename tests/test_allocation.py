@@ -382,3 +382,19 @@ def test_command_line_profile_writes_the_plot_and_an_exact_count(tmp_path, capsy
     assert "N:M" in capsys.readouterr().err
     assert main(base + ["--sparsity", "0.7", "--sparsity-profile", "uniformm"]) == 2
     assert "did you mean 'uniform'" in capsys.readouterr().err
+
+
+def test_python_api_and_recipe_take_the_profile(tmp_path):
+    import layerprune
+
+    text = tmp_path / "text.txt"
+    text.write_text(tiny_text(3000))
+    res = layerprune.prune(tiny_model("llama", layers=2), byte_tokenizer(), recipe={"sparsity_profile": "owl",
+                           "owl_lmbda": 0.1, "owl_m": 3}, method="wanda", sparsity=0.7, calib=str(text), nsamples=4,
+                           seqlen=SEQLEN, eval_text=None, progress=False)
+    assert res.settings.sparsity_profile == "owl" and res.log["allocation"]["info"]["owl"]["lmbda"] == 0.1
+    size = sum(e["shape"][0] * e["shape"][1] for e in res.log["layers"])
+    assert sum(e["kept"] for e in res.log["layers"]) == round(0.3 * size)
+    with pytest.raises(LayerwiseError, match="did you mean 'owl'"):
+        layerprune.prune(tiny_model("llama", layers=2), byte_tokenizer(), sparsity=0.7, sparsity_profile="OWL",
+                         calib=str(text), eval_text=None)
