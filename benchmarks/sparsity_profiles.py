@@ -33,10 +33,11 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--eval-tokens", type=int, default=8192)
+    ap.add_argument("--eval-tokens", type=int, default=8192, help="0: the whole evaluation text")
     ap.add_argument("--weightings", default="size,relative,objective")
     ap.add_argument("--offsets", default="-0.15,-0.1,-0.05,0,0.05,0.1,0.15")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="blocks, solver and perplexity (cuda: the model stays there)")
     ap.add_argument("--output", default=None)
     a = ap.parse_args()
     offsets = [float(x) for x in a.offsets.split(",")]
@@ -45,21 +46,23 @@ def main() -> None:
         t0 = time.perf_counter()
         net, tok = load_model(a.model)
         ids = calibration_segments(tok, "wiki", a.nsamples, a.seqlen, 0)
-        windows = evaluation_windows(tok, "wiki-test", a.seqlen, a.eval_tokens)
+        windows = evaluation_windows(tok, "wiki-test", a.seqlen, a.eval_tokens or None)  # 0: the whole text
+        if a.device != "cpu":
+            net.to(a.device)
         _, blocks = find_blocks(net)
         linears = [lin for b in blocks for lin in block_linears(b).values()]
         dense_w = [lin.weight.detach().clone() for lin in linears]
-        dense = perplexity(net, windows, a.seqlen, progress=False)
+        dense = perplexity(net, windows, a.seqlen, device=a.device, progress=False)
         out = {"model": a.model, "method": a.method, "sparsity": a.sparsity, "nsamples": a.nsamples,
                "seqlen": a.seqlen, "eval_windows": int(windows.shape[0]), "dense_perplexity": dense, "rows": []}
         print(f"dense {dense:.3f} ({time.perf_counter() - t0:.0f} s set-up)", flush=True)
 
         def run(label: str, **fields) -> dict:
             s = PruneSettings(method=a.method, sparsity=a.sparsity, nsamples=a.nsamples, seqlen=a.seqlen,
-                              eval_text=None, curve_offsets=tuple(offsets), **fields)
+                              eval_text=None, curve_offsets=tuple(offsets), device=a.device, **fields)
             t = time.perf_counter()
             log = prune(net, tok, settings=s, calib_ids=ids, progress=False).log
-            ppl = perplexity(net, windows, a.seqlen, progress=False)
+            ppl = perplexity(net, windows, a.seqlen, device=a.device, progress=False)
             for lin, w in zip(linears, dense_w):
                 lin.weight.data.copy_(w)
             ts = [e["target_sparsity"] for e in log["layers"]]
