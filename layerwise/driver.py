@@ -15,7 +15,8 @@ For block ℓ = 0, 1, …, with X_ℓ its calibration inputs (the *pruned* model
 
 With a checkpoint folder, after every block that block's tensors under their model names
 (``block_XXXX.safetensors``, the output's shard for a streamed model) are written, then
-``state.json`` (the run log so far and the run's arguments) is replaced atomically to point past it. No activations are saved: ``resume`` reloads the
+``state.json`` (the run log so far, the run's arguments and a sparsity profile's per-layer sparsities,
+``layerwise.profiles``) is replaced atomically to point past it. No activations are saved: ``resume`` reloads the
 pruned blocks 0 … next−1, captures block 0's inputs again and replays the pruned blocks
 on them with ``run_block``, exactly the computation an uninterrupted run does, then goes on.
 The replay is bit-for-bit the same on the same device with the same thread count (tested).
