@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="blocks, solver and perplexity (cuda: the model stays there)")
     ap.add_argument("--output", default=None)
+    ap.add_argument("--curve-only", action="store_true", help="skip the uniform and OWL rows")
     a = ap.parse_args()
     offsets = [float(x) for x in a.offsets.split(",")]
     weightings = [w for w in a.weightings.split(",") if w]
@@ -79,8 +80,9 @@ def main() -> None:
                 atomic_write_json(a.output, out)
             return log
 
-        run("uniform")
-        run("owl", sparsity_profile="owl")
+        if not a.curve_only:
+            run("uniform")
+            run("owl", sparsity_profile="owl")
         log = run(f"curve ({weightings[0]})", sparsity_profile="curve", curve_weighting=weightings[0])
         info = log["allocation"]["info"]
         print(f"curve pre-pass {info['seconds']:.0f} s, of which solves {info['curve']['solve_seconds']:.0f} s", flush=True)
