@@ -398,3 +398,16 @@ def test_python_api_and_recipe_take_the_profile(tmp_path):
     with pytest.raises(LayerwiseError, match="did you mean 'owl'"):
         layerprune.prune(tiny_model("llama", layers=2), byte_tokenizer(), sparsity=0.7, sparsity_profile="OWL",
                          calib=str(text), eval_text=None)
+
+
+def test_row_pattern_keeps_whole_rows_within_one_row_of_the_count(calib):
+    model, log = _run(calib, method="wanda", pattern="row", sparsity=0.7, sparsity_profile="owl", owl_m=3.0)
+    size = sum(e["shape"][0] * e["shape"][1] for e in log["layers"])
+    kept = sum(e["kept"] for e in log["layers"])
+    assert 0 <= round(0.3 * size) - kept < min(e["shape"][0] for e in log["layers"])
+    _, blocks = find_blocks(model)
+    for e in log["layers"]:
+        w = block_linears(blocks[e["block"]])[e["layer"]].weight
+        per_row = (w != 0).sum(dim=1)
+        assert torch.all(per_row == per_row[0]) and int(per_row.sum()) == e["kept"] and e["pattern"] == "row"
+    assert len({e["target_sparsity"] for e in log["layers"]}) > 1
