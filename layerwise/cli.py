@@ -108,6 +108,28 @@ def _add_text_field(p: argparse.ArgumentParser, default: str | None = PRUNE_DEFA
                                                          f"sources (default {PRUNE_DEFAULTS.text_field})")
 
 
+def _add_profile(p: argparse.ArgumentParser) -> None:
+    """``prune``'s sparsity-profile flags (PruneSettings' sparsity_profile, owl_m, owl_lmbda, curve_*)."""
+    d = PRUNE_DEFAULTS
+    p.add_argument("--sparsity-profile", dest="sparsity_profile", default=None,
+                   help=f"spread --sparsity over the layers: uniform, owl (outlier-weighted per block) or curve "
+                        f"(measured error curves); the model-wide count is kept exact (default {d.sparsity_profile})")
+    p.add_argument("--owl-m", dest="owl_m", type=float, default=None,
+                   help=f"OWL: a score is an outlier above M × the block's mean (default {d.owl_m:g})")
+    p.add_argument("--owl-lmbda", dest="owl_lmbda", type=float, default=None,
+                   help=f"OWL: block sparsities within s ± 2λ (default {d.owl_lmbda:g})")
+    p.add_argument("--curve-offsets", dest="curve_offsets", type=_floats, default=None,
+                   help="curve: the sparsities s + offset each layer's error is measured at, written "
+                        "--curve-offsets=-0.1,0,0.1 (default "
+                        + ",".join(f"{o:g}" for o in d.curve_offsets) + ")")
+    p.add_argument("--curve-weighting", dest="curve_weighting", default=None,
+                   help=f"curve: minimize the sum of relative errors weighted by 1 (relative), the layer's size (size) "
+                        f"or its output energy (objective) (default {d.curve_weighting})")
+
+
+PROFILE_ARGS = ("sparsity_profile", "owl_m", "owl_lmbda", "curve_offsets", "curve_weighting")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="layerprune", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -164,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hessian-shards", type=int, default=None, metavar="N",
                    help="sum H over N shards of the calibration batches in order: one process with N reproduces "
                         "an N-process torchrun run bit for bit (default: one shard per process)")
+    _add_profile(p)
 
     p = sub.add_parser("eval", help="perplexity of a model on a text and/or zero-shot tasks (lm-eval)")
     p.add_argument("--model", required=True)
@@ -256,7 +279,7 @@ LEVER_ARGS = ("sequential", "target")  # layerwise.levers' flags, PruneSettings'
 
 def prune_settings_given(a: argparse.Namespace) -> dict:
     """The PruneSettings fields the command line gave (a flag left out keeps the recipe's or the default)."""
-    given = {k: getattr(a, k) for k in PRUNE_ARGS if getattr(a, k) is not None}
+    given = {k: getattr(a, k) for k in PRUNE_ARGS + PROFILE_ARGS if getattr(a, k) is not None}
     given.update({k: getattr(a, k) for k in LEVER_ARGS if getattr(a, k) is not None})
     if a.option:
         given["options"] = parse_options(a.option)
@@ -295,6 +318,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
     if "perplexity" in rec:
         print(f"perplexity {rec['perplexity']:.3f} (dense {rec['dense_perplexity']:.3f}) on {rec['eval_tokens_used']} tokens")
     print(f"saved to {a.output}" + (f" ({rec['save_format']})" if rec.get("save_format", "dense") != "dense" else ""))
+    if rec.get("sparsity_plot"):
+        print(f"per-layer sparsity ({rec['sparsity_profile']}): {rec['sparsity_plot']}")
     return 0
 
 

@@ -19,7 +19,8 @@ fit to the dense model's outputs from a second stream of the dense model's block
 
 With a checkpoint folder, after every block that block's tensors under their model names
 (``block_XXXX.safetensors``, the output's shard for a streamed model) are written, then
-``state.json`` (the run log so far and the run's arguments) is replaced atomically to point past it. No activations are saved: ``resume`` reloads the
+``state.json`` (the run log so far, the run's arguments and a sparsity profile's per-layer sparsities,
+``layerwise.profiles``) is replaced atomically to point past it. No activations are saved: ``resume`` reloads the
 pruned blocks 0 … next−1, captures block 0's inputs again and replays the pruned blocks
 on them with ``run_block``, exactly the computation an uninterrupted run does, then goes on.
 The replay is bit-for-bit the same on the same device with the same thread count (tested).
@@ -46,6 +47,7 @@ from layerprune.layerwise.distributed import World, block_hessians, lpt_assign, 
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.levers import prune_block, replay, uses_levers
 from layerprune.layerwise.models import block_linears, context_length
+from layerprune.layerwise.profiles import allocate_sparsity, with_allocation
 from layerprune.layerwise.recipe import plan_layers
 from layerprune.layerwise.settings import PruneSettings
 from layerprune.layerwise.stores import block_tensors, store_for
@@ -421,6 +423,12 @@ def prune_model(
                 f"the checkpoint in {ckpt.folder} belongs to another run (model, calibration or settings differ); "
                 "delete it to start over"
             )
+    # a sparsity profile: per-layer sparsities from a dense pre-pass (layerwise.profiles), kept in the checkpoint
+    allocation = state.get("allocation") if state is not None else None
+    if allocation is None and settings.sparsity_profile != "uniform":
+        allocation = allocate_sparsity(model, store, calib, settings, plans, progress=progress)
+    if allocation is not None:
+        plans = with_allocation(plans, allocation["sparsities"])
     inputs = capture_inputs(model, world.shard_ids(calib, settings.batch_size), settings.batch_size, device,
                             settings.activations)
     dense_inputs = inputs if settings.target == "dense" else None  # the dense model's block inputs (levers)
@@ -471,7 +479,7 @@ def prune_model(
                 world.main_first(functools.partial(ckpt.save_block, index, block, store.prefix(index), {
                     **(extra_state or {}), "fingerprint": fp, "model_blocks": store.path, "layers": layers,
                     "seconds": seconds_before + time.perf_counter() - t0, "settings": asdict(settings),
-                    "arguments": args,
+                    "arguments": args, "allocation": allocation,
                 }))
                 if store.streamed:  # the pruned block is read back from its file from now on
                     store.restore(index, ckpt.block_file(index))
@@ -496,4 +504,6 @@ def prune_model(
         "sparsity": 1.0 - sum(e["kept"] for e in layers) / max(sum(e["shape"][0] * e["shape"][1] for e in layers), 1),
         "seconds": seconds_before + time.perf_counter() - t0,
         "world_size": world.size,
+        "sparsity_profile": settings.sparsity_profile,
+        "allocation": allocation,  # the profile's per-layer sparsities and what produced them (None: uniform)
     }

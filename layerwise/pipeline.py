@@ -111,6 +111,7 @@ def run_prune(
         compression = Compression.from_run(record) if s.save_format == "compressed" else None
         record["save_format"] = compression.format if compression is not None else "dense"
         record["host_peak_gib"] = host_peak_gib()  # the process's peak so far (the output's shards are links)
+        record["sparsity_plot"] = sparsity_plot_name(s)
         text = json.dumps(record, indent=1)
 
         def write() -> None:
@@ -122,10 +123,31 @@ def run_prune(
                 save_model(net, tokenizer, output, extra_files={RUN_LOG: text}, compression=compression)
             if log is not None:
                 atomic_write_json(log, record)
+            if record["sparsity_plot"] == SPARSITY_PLOT:  # beside the run log, in the saved folder
+                from layerprune.reports.plots import plot_layer_sparsity
+
+                record["sparsity_plot"] = str(plot_layer_sparsity(
+                    record["layers"], output_folder(output) / SPARSITY_PLOT, s.sparsity,
+                    title=f"{s.method} {s.sparsity:g}, sparsity profile {s.sparsity_profile}"))
             ckpt.remove()
 
         world.main_first(write)
     return record
+
+
+SPARSITY_PLOT = "layer_sparsity.png"
+
+
+def sparsity_plot_name(s: PruneSettings) -> str | None:
+    """The per-layer sparsity plot a run with a profile writes beside its run log (``SPARSITY_PLOT``);
+    None for a uniform run, and without matplotlib (the ``reports`` extra)."""
+    import importlib.util
+
+    if s.sparsity_profile == "uniform":
+        return None
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
+    return SPARSITY_PLOT
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from layerprune.layerwise.activations import check_place
+from layerprune.layerwise.allocation import check_profile
 from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.levers import check_levers
@@ -59,6 +60,13 @@ class PruneSettings:
         (q/k/v, o, gate/up, down in forward order, each H with the earlier groups pruned; ``layerwise.levers``).
     target : "pruned" (fit Ŵ on the pruned model's inputs) or "dense" (fit the dense model's outputs,
         ‖X_p Wᵀ − X_d Ŵᵀ‖² + λ‖W − Ŵ‖²: ``problems.targets``; one more activation stream).
+    sparsity_profile : how ``sparsity`` is spread over the layers (``layerwise.allocation``): "uniform"
+        (every layer at it), "owl" (outlier-weighted per block) or "curve" (measured error curves);
+        the free layers keep exactly round((1 − s)·their weights) together; not with N:M patterns.
+    owl_m, owl_lmbda : OWL's outlier threshold M (× the mean Wanda score) and λ (blocks within s ± 2λ).
+    curve_offsets : the sparsities s + offset (those in [0, 1)) each layer's curve is measured at.
+    curve_weighting : the curve objective Σ w_ℓ·e_ℓ: "relative" (w = 1), "size" (w ∝ weights), "objective"
+        (w ∝ tr(Ŵ H Ŵᵀ), the absolute error).
     """
 
     model: str | None = None
@@ -88,6 +96,11 @@ class PruneSettings:
     local_search: bool | None = False
     sequential: str = "block"
     target: str = "pruned"
+    sparsity_profile: str = "uniform"
+    owl_m: float = 5.0
+    owl_lmbda: float = 0.08
+    curve_offsets: tuple = (-0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
+    curve_weighting: str = "size"
 
     @classmethod
     def build(cls, recipe: str | dict | None = None, **given: Any) -> PruneSettings:
@@ -154,6 +167,8 @@ class PruneSettings:
         if self.local_search is not None and not isinstance(self.local_search, bool):
             raise LayerwiseError(f"local_search must be true, false or null (where it pays), got {self.local_search!r}")
         check_levers(self.sequential, self.target)
+        self.curve_offsets = check_profile(self.sparsity_profile, self.pattern, self.owl_m, self.owl_lmbda,
+                                           self.curve_offsets, self.curve_weighting)
 
     def layer(self, plan: dict, where: str = "") -> tuple[str, dict, float, str]:
         """(method, options, sparsity, pattern) of a layer whose override values are ``plan`` (the one

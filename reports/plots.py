@@ -161,3 +161,34 @@ def make_plots(rows: list[dict[str, Any]], folder: Path, methods: Sequence[str])
     _save(fig, folder / "runtime.png")
     images["runtime.png"] = "Run time per solve, per method (all layers, patterns and sparsities)"
     return images
+
+
+def plot_layer_sparsity(layers: list[dict[str, Any]], path: str | Path, sparsity: float | None = None,
+                        title: str = "") -> Path:
+    """Per-layer target sparsity against the block (a run log's ``layers`` entries: ``block``, ``layer``,
+    ``shape``, ``target_sparsity``): one marker series per layer name (q_proj, down_proj, …), the
+    size-weighted mean of each block as a black line and the run's ``sparsity`` dashed. One PNG."""
+    plt = pyplot()
+    path = Path(path)
+    names = list(dict.fromkeys(e["layer"] for e in layers))
+    blocks = sorted({int(e["block"]) for e in layers})
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(blocks) + 3), 3.6))
+    for i, name in enumerate(names):
+        pts = sorted((int(e["block"]), 100 * float(e["target_sparsity"])) for e in layers if e["layer"] == name)
+        ax.plot(*zip(*pts), MARKERS[i % len(MARKERS)], color=f"C{i % 10}", ms=4, label=name.split(".")[-1], alpha=0.8)
+    mean = []
+    for b in blocks:
+        entries = [e for e in layers if int(e["block"]) == b]
+        size = sum(e["shape"][0] * e["shape"][1] for e in entries)
+        mean.append(100 * sum(e["target_sparsity"] * e["shape"][0] * e["shape"][1] for e in entries) / max(size, 1))
+    ax.plot(blocks, mean, "k-", lw=1.2, label="block mean")
+    if sparsity is not None:
+        ax.axhline(100 * sparsity, color="gray", ls="--", lw=1, label=f"run {100 * sparsity:g} %")
+    ax.set_xlabel("block")
+    ax.set_ylabel("target sparsity (%)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=min(4, len(names) + 2), loc="best")
+    fig.tight_layout()
+    _save(fig, path)
+    return path
