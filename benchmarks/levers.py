@@ -11,7 +11,7 @@ data and the dense perplexity are shared by the rows of one process.
 too small to fill it); ``--output`` is rewritten after every row and rows already in it are skipped, so a
 run cut short continues where it stopped. ``--table A.json B.json …`` prints the table of finished rows
 (perplexity and pruning seconds per lever, for each method and setting). A lever that names a sparsity
-profile is skipped at N:M settings (those stay uniform). Seconds from processes sharing a GPU are
+profile runs without it at N:M settings (those stay uniform), and is skipped there when the profile is all it sets. Seconds from processes sharing a GPU are
 inflated by the sharing: compare them within one run only.
 """
 
@@ -32,7 +32,7 @@ LEVERS: dict[str, dict] = {
     "curve": {"sparsity_profile": "curve"},
     "polish": {"local_search": True},
 }
-LEVERS["all"] = {**LEVERS["groups"], **LEVERS["dense"], **LEVERS["curve"], **LEVERS["polish"]}
+LEVERS["all"] = {**LEVERS["groups"], **LEVERS["dense"], **LEVERS["owl"], **LEVERS["polish"]}  # OWL: the cheaper profile
 
 
 def lever_fields(names: str) -> dict:
@@ -108,8 +108,10 @@ def main() -> None:
         for sparsity, pattern in parse_settings(a.settings):
             for lever in a.levers.split(","):
                 fields = lever_fields(lever)
-                if ":" in pattern and "sparsity_profile" in fields:
-                    continue  # N:M stays uniform: the row would repeat another lever's
+                if ":" in pattern and "sparsity_profile" in fields:  # N:M stays uniform
+                    fields = {k: v for k, v in fields.items() if k != "sparsity_profile"}
+                    if not fields:
+                        continue  # the row would repeat the base row
                 plan.append((lever, method, sparsity, pattern, fields))
     plan = plan[shard::shards]
     done = {row_key(r) for r in load_rows([a.output] if a.output else [])}
