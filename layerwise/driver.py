@@ -392,10 +392,10 @@ def prune_model(
     check_seqlen(model, int(calib.shape[1]))
     world = World.current()  # several ranks under torchrun (layerwise.distributed); one otherwise
     world.check_batches(int(calib.shape[0]), settings.batch_size, settings.hessian_shards)
-    if world.size > 1 and uses_levers(settings.sequential, settings.target):
-        raise LayerwiseError(f"sequential={settings.sequential!r} / target={settings.target!r} run in one process "
-                             "only for now (their statistics are not reduced across ranks): use the defaults "
-                             "(block, pruned) under torchrun")
+    if settings.hessian_shards and uses_levers(settings.sequential, settings.target):
+        raise LayerwiseError(f"hessian_shards reproduces a torchrun run's sums with sequential='block' and "
+                             f"target='pruned' only, not with sequential={settings.sequential!r} / "
+                             f"target={settings.target!r}")
     world.use_device(settings.device)
     store = store_for(model)
     if store.streamed and checkpoint is None:
@@ -460,6 +460,7 @@ def prune_model(
                 dense_inputs, stats = prune_block(
                     block, inputs, dense_inputs, sequential=settings.sequential, device=device,
                     planned=set(block_plans), index=index,
+                    reduce=world.reduce_accumulators if world.size > 1 else None,
                     solve=functools.partial(_solve_block, block, settings=settings, index=index, plans=block_plans,
                                             on_layer=on_layer, world=world, measured=measured))
                 both = clock.lap("solve")

@@ -159,7 +159,7 @@ def forward_groups(block: nn.Module, inputs: BlockInputs, index: int | None = No
 def group_statistics(block: nn.Module, inputs: BlockInputs, groups: list[list[str]], device: str | torch.device,
                      leader_of: dict[str, str], *, dense_block: nn.Module | None = None,
                      dense_inputs: BlockInputs | None = None, keep_dense_outputs: bool = False,
-                     index: int | None = None):
+                     index: int | None = None, reduce: Callable[[dict], None] | None = None):
     """H (and with a dense block, C and D) of ``groups`` on ``block`` as it is now.
 
     Per mini-batch: the dense block runs on the dense stream first (stopped after the groups'
@@ -167,7 +167,8 @@ def group_statistics(block: nn.Module, inputs: BlockInputs, groups: list[list[st
     D += X_dᵀX_d; then the block runs on the pruned stream, stopped after that layer:
     H += X_pᵀX_p and C += X_pᵀX_d. Returns (H by layer name, (C, D) by layer name or None, the
     dense block's outputs when kept else None); each group's members share one tensor each,
-    divided by the row count n.
+    divided by the row count n. ``reduce`` (several ranks: ``World.reduce_accumulators``) sums the
+    accumulators over the ranks' mini-batches before that.
     """
     wanted = {g[0] for g in groups}
     last = groups[-1][-1]
@@ -203,6 +204,9 @@ def group_statistics(block: nn.Module, inputs: BlockInputs, groups: list[list[st
         tap.remove()
         if dtap is not None:
             dtap.remove()
+    if reduce is not None:
+        reduce({**{f"H:{g}": a for g, a in H.items()}, **{f"C:{g}": a for g, a in C.items()},
+                **{f"D:{g}": a for g, a in D.items()}})
     where = "the block" if index is None else f"block {index}"
     hessians: dict[str, torch.Tensor] = {}
     cross: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -226,13 +230,15 @@ def group_statistics(block: nn.Module, inputs: BlockInputs, groups: list[list[st
 @torch.no_grad()
 def prune_block(block: nn.Module, inputs: BlockInputs, dense_inputs: BlockInputs | None, *, sequential: str,
                 device: str | torch.device, planned: set[str], solve: Callable[..., Any],
-                index: int | None = None) -> tuple[BlockInputs | None, float]:
+                index: int | None = None, reduce: Callable[[dict], None] | None = None,
+                ) -> tuple[BlockInputs | None, float]:
     """Prune one block in place with the levers on; returns (the dense stream's next inputs or
     None, seconds spent on the statistics).
 
     dense_inputs : the dense model's inputs of this block (None: ``target="pruned"``).
     planned : the block's layers that are pruned (groups with none are skipped).
     solve : ``solve(hessians, groups, cross=cross)`` prunes those groups in place (the driver's solver).
+    reduce : sums the statistics over ranks (see :func:`group_statistics`; None: one process).
     """
     check_finite_parameters(block, index)
     groups = forward_groups(block, inputs, index)
@@ -245,7 +251,8 @@ def prune_block(block: nn.Module, inputs: BlockInputs, dense_inputs: BlockInputs
         t = time.perf_counter()
         last = i == len(passes) - 1  # the last dense pass runs the whole block: the dense stream's next inputs
         hessians, cross, kept = group_statistics(block, inputs, wanted, device, leader_of, dense_block=dense_block,
-                                                 dense_inputs=dense_inputs, keep_dense_outputs=last, index=index)
+                                                 dense_inputs=dense_inputs, keep_dense_outputs=last, index=index,
+                                                 reduce=reduce)
         if kept is not None:
             dense_next = kept
         stats += time.perf_counter() - t
