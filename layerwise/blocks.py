@@ -212,8 +212,9 @@ def check_finite_parameters(block: nn.Module, index: int | None = None) -> None:
             )
 
 
-def _non_finite_activation(index: int | None, members: list[str], rows: int, inputs: BlockInputs) -> LayerwiseError:
-    """The error for a group whose accumulated H = XᵀX is not finite, with where the NaN/Inf comes from."""
+def non_finite_activation(index: int | None, members: list[str], rows: int, inputs: BlockInputs) -> LayerwiseError:
+    """The error for a group (``members``, its first the leader) whose accumulated H = XᵀX over ``rows``
+    rows is not finite, with where the NaN/Inf comes from (``inputs``: the block's)."""
     block = _block_name(index)
     shared = f" (the input it shares with {', '.join(members[1:])})" if len(members) > 1 else ""
     if all(bool(torch.isfinite(h).all()) for h in inputs.hidden):
@@ -309,7 +310,7 @@ def collect_hessians(
     hessians: dict[str, torch.Tensor] = {}
     for leader, members in groups.items():
         if not accs[leader].is_finite():
-            raise _non_finite_activation(index, members, accs[leader].count, inputs)
+            raise non_finite_activation(index, members, accs[leader].count, inputs)
         H = accs[leader].hessian() / accs[leader].count
         for name in members:
             hessians[name] = H

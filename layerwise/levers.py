@@ -33,7 +33,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerprune.layerwise.blocks import BlockInputs, check_finite_parameters, run_block, same_input
+from layerprune.layerwise.blocks import (
+    BlockInputs,
+    check_finite_parameters,
+    non_finite_activation,
+    run_block,
+    same_input,
+)
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears
 from layerprune.problems import CrossAccumulator, HessianAccumulator
@@ -207,15 +213,13 @@ def group_statistics(block: nn.Module, inputs: BlockInputs, groups: list[list[st
     if reduce is not None:
         reduce({**{f"H:{g}": a for g, a in H.items()}, **{f"C:{g}": a for g, a in C.items()},
                 **{f"D:{g}": a for g, a in D.items()}})
-    where = "the block" if index is None else f"block {index}"
     hessians: dict[str, torch.Tensor] = {}
     cross: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for group in groups:
         leader = group[0]
         accs = [H[leader]] + ([C[leader], D[leader]] if dense else [])
         if not all(acc.is_finite() for acc in accs):
-            raise LayerwiseError(f"non-finite activation (NaN/Inf) in the input of {where}, layer {leader}: "
-                                 f"its accumulated XᵀX (or cross term) over {H[leader].count} rows is not finite")
+            raise non_finite_activation(index, group, H[leader].count, inputs)
         n = H[leader].count
         h_ = H[leader].hessian() / n
         pair = (C[leader].cross() / n, D[leader].hessian() / n) if dense else None

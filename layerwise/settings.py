@@ -94,7 +94,7 @@ class PruneSettings:
     activations: str = "auto"
     hessian_shards: int | None = None
     local_search: bool | None = False
-    sequential: str = "block"
+    sequential: str = "groups"
     target: str = "pruned"
     sparsity_profile: str = "uniform"
     owl_m: float = 5.0

@@ -177,6 +177,7 @@ def _prune_one(method: str, settings: dict, world_checkpoint: dict | None = None
         registry.STACK_ENTRIES = 0
     with limit_threads(1):
         model = tiny_model("llama", layers=settings.pop("layers", 2))
+        settings.setdefault("sequential", "block")  # the path hessian_shards reproduces bit for bit
         log = prune_model(model, _calib(settings.pop("nsamples", 4)), PruneSettings(method=method, **settings),
                           progress=False, **(world_checkpoint or {}))
     return {k: v.clone() for k, v in model.state_dict().items()}, log
@@ -377,7 +378,8 @@ def test_torchrun_prune_equals_one_process_and_logs_the_ranks(tmp_path):
     text = tmp_path / "calib.txt"
     text.write_text(" ".join(f"word{i % 37} the of and" for i in range(600)))
     common = ["prune", "--model", str(model), "--method", "alps", "--sparsity", "0.7", "--calib", str(text),
-              "--nsamples", "4", "--seqlen", "16", "--batch-size", "1", "--no-eval", "--threads", "1", "--quiet"]
+              "--nsamples", "4", "--seqlen", "16", "--batch-size", "1", "--no-eval", "--threads", "1", "--quiet",
+              "--sequential", "block"]  # the path --hessian-shards reproduces bit for bit
     two = _cli(common + ["--output", str(tmp_path / "two")], 2, tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("saved to") == 1  # rank 0 reports

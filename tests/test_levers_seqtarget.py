@@ -300,8 +300,8 @@ def test_dense_target_first_group_equals_the_pruned_target(calib):
     runs = {}
     for target in ("pruned", "dense"):
         model = tiny_model("llama", layers=2)
-        log = prune_model(model, calib, PruneSettings(method="sparsegpt", sparsity=0.6, batch_size=3, target=target),
-                          progress=False)
+        log = prune_model(model, calib, PruneSettings(method="sparsegpt", sparsity=0.6, batch_size=3, target=target,
+                                                      sequential="block"), progress=False)
         runs[target] = (block_linears(find_blocks(model)[1][0]), log)
     for name in QKV:  # X_p = X_d there: today's problem exactly
         assert torch.equal(runs["pruned"][0][name].weight, runs["dense"][0][name].weight), name
@@ -419,13 +419,13 @@ def test_demo_rows_per_lever(tmp_path, capsys):
                       levers=[("block", "pruned"), ("groups", "dense")], **kw)
     rows = result["rows"]
     assert [(r["setting"], r["sequential"], r["target"]) for r in rows] == [
-        ("0.6 unstructured", "block", "pruned"), ("0.6 unstructured groups/dense", "groups", "dense")]
+        ("0.6 unstructured block/pruned", "block", "pruned"), ("0.6 unstructured groups/dense", "groups", "dense")]
     alone = run_demo(str(tmp_path / "tiny"), ("sparsegpt",), settings="0.6", levers=[("groups", "dense")], **kw)
     assert alone["rows"][0]["perplexity"] == rows[1]["perplexity"]  # each row starts from the dense model
     assert main(["demo", "--model", str(tmp_path / "tiny"), "--calib", kw["calib"], "--text", kw["text"],
                  "--nsamples", "4", "--seqlen", str(SEQLEN), "--eval-tokens", "512", "--quiet", "--methods", "magnitude",
-                 "--settings", "0.5", "--levers", "groups:pruned"]) == 0
-    assert "| 0.5 unstructured groups/pruned | magnitude | 0.50 |" in capsys.readouterr().out
+                 "--settings", "0.5", "--levers", "block:pruned"]) == 0
+    assert "| 0.5 unstructured block/pruned | magnitude | 0.50 |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "opt", "gpt_neox"])
