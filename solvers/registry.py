@@ -250,7 +250,8 @@ def solve_many(problems, method: str = "alps", *, stack: bool | None = None, **o
         )
         if not same or p.damping != first.damping:
             raise ValueError("solve_many needs problems with the same Hessian and damping (e.g. q/k/v of one block)")
-    cache: dict = options.pop("cache", None) or {}
+    cache = options.pop("cache", None)
+    cache = {} if cache is None else cache  # an empty dict given is filled, so the caller can share it
     uniform = all(p.pattern == first.pattern and p.sparsity == first.sparsity for p in problems)
     if stack is None:
         stack = stacks_by_default(problems, method)

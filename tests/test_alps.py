@@ -560,3 +560,11 @@ def test_stacked_results_keep_each_layers_dtype_and_own_history():
     a, b = solve_many([base, other], "alps", stack=True)
     assert a.weight.dtype == np.float32 and b.weight.dtype == np.float64
     assert a.history == b.history and a.history is not b.history
+
+
+def test_solve_many_fills_an_empty_cache_it_is_given():
+    """The factorization lands in the caller's (empty) cache, so later calls can share it."""
+    base = synthetic_problem(16, 32, 0.6, "unstructured", seed=23)
+    cache: dict = {}
+    solve_many([base], "sparsegpt", cache=cache, device="cpu")
+    assert "sparsegpt_U" in cache
