@@ -104,3 +104,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class Crash(RuntimeError):
+    """A simulated crash (``crash_after``)."""
+
+
+def crash_after(n: int):
+    """A driver ``after_block`` hook raising :class:`Crash` once block ``n`` is checkpointed."""
+    def hook(index):
+        if index == n:
+            raise Crash(f"simulated crash after block {index}")
+
+    return hook

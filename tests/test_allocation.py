@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from layerwise_tiny import byte_tokenizer, folder_tensors, one_thread, tiny_model, tiny_text  # noqa: F401
+from layerwise_tiny import Crash, byte_tokenizer, crash_after, folder_tensors, one_thread, tiny_model, tiny_text  # noqa: F401
 
 from layerprune.layerwise import data
 from layerprune.layerwise.allocation import (
@@ -311,18 +311,6 @@ def test_every_layer_fixed_leaves_nothing_to_allocate(calib):
     assert all(e["target_sparsity"] == 0.5 for e in log["layers"])
 
 
-class Crash(RuntimeError):
-    pass
-
-
-def _crash_after(n):
-    def hook(index):
-        if index == n:
-            raise Crash(f"simulated crash after block {index}")
-
-    return hook
-
-
 @pytest.mark.parametrize("profile", ["owl", "curve"])
 def test_resume_reuses_the_stored_allocation_bit_for_bit(profile, calib, tmp_path, monkeypatch):
     import layerprune.layerwise.driver as driver
@@ -334,7 +322,7 @@ def test_resume_reuses_the_stored_allocation_bit_for_bit(profile, calib, tmp_pat
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Crash):
         prune_model(tiny_model("llama", layers=3), calib, PruneSettings(**fields), checkpoint=ckpt,
-                    after_block=_crash_after(0), progress=False)
+                    after_block=crash_after(0), progress=False)
     state = Checkpoint(ckpt).read_state()
     assert state["allocation"]["sparsities"] == log_full["allocation"]["sparsities"]
 

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from layerwise_tiny import FAMILIES, byte_tokenizer, one_thread, tiny_model, tiny_text  # noqa: F401
+from layerwise_tiny import FAMILIES, Crash, byte_tokenizer, crash_after, one_thread, tiny_model, tiny_text  # noqa: F401
 
 from layerprune.layerwise import data
 from layerprune.layerwise.driver import Checkpoint, PruneSettings, prune_model
@@ -119,17 +119,6 @@ def test_pruned_outputs_feed_the_next_block(calib, monkeypatch):
     assert not torch.allclose(torch.cat(run_block(dense_blocks[0], x0).hidden), seen[1])
 
 
-class Crash(RuntimeError):
-    pass
-
-
-def _crash_after(n):
-    def hook(index):
-        if index == n:
-            raise Crash(f"simulated crash after block {index}")
-
-    return hook
-
 
 @pytest.mark.parametrize("method", ["sparsegpt", "alps"])
 def test_resume_equals_an_uninterrupted_run(method, calib, tmp_path):
@@ -142,7 +131,7 @@ def test_resume_equals_an_uninterrupted_run(method, calib, tmp_path):
     ckpt = tmp_path / "ckpt"
     part = tiny_model("llama", layers=3)
     with pytest.raises(Crash):
-        prune_model(part, calib, PruneSettings(**settings), checkpoint=ckpt, after_block=_crash_after(1), progress=False)
+        prune_model(part, calib, PruneSettings(**settings), checkpoint=ckpt, after_block=crash_after(1), progress=False)
     assert Checkpoint(ckpt).read_state()["next_block"] == 2
     # weights only: no activations are written, block 2's inputs are recomputed on resume
     assert sorted(f.name for f in ckpt.iterdir()) == ["block_0000.safetensors", "block_0001.safetensors", "state.json"]
@@ -189,7 +178,7 @@ def test_resume_refuses_another_runs_checkpoint(calib, tmp_path):
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Crash):
         prune_model(tiny_model("llama"), calib, PruneSettings(method="wanda", sparsity=0.5), checkpoint=ckpt,
-                    after_block=_crash_after(0), progress=False)
+                    after_block=crash_after(0), progress=False)
     with pytest.raises(LayerwiseError, match="made with sparsity=0.5, this run has sparsity=0.6"):
         prune_model(tiny_model("llama"), calib, PruneSettings(method="wanda", sparsity=0.6), checkpoint=ckpt,
                     resume=True, progress=False)
@@ -228,7 +217,7 @@ def test_old_checkpoint_format_is_refused(calib, tmp_path):
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Crash):
         prune_model(tiny_model("llama"), calib, PruneSettings(method="wanda", sparsity=0.5), checkpoint=ckpt,
-                    after_block=_crash_after(0), progress=False)
+                    after_block=crash_after(0), progress=False)
     state = json.loads((ckpt / "state.json").read_text())
     (ckpt / "state.json").write_text(json.dumps(dict(state, version=1)))
     with pytest.raises(LayerwiseError, match="format 1"):

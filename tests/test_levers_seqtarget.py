@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from layerwise_tiny import byte_tokenizer, folder_tensors, one_thread, tiny_model, tiny_text  # noqa: F401
+from layerwise_tiny import Crash, byte_tokenizer, crash_after, folder_tensors, one_thread, tiny_model, tiny_text  # noqa: F401
 
 import layerprune.layerwise.driver as driver
 from layerprune import LayerProblem, solve
@@ -311,17 +311,6 @@ def test_dense_target_first_group_equals_the_pruned_target(calib):
     assert runs["dense"][1]["settings"]["target"] == "dense" and runs["pruned"][1]["settings"]["sequential"] == "block"
 
 
-class Crash(Exception):
-    pass
-
-
-def _crash_after(n):
-    def hook(index):
-        if index == n:
-            raise Crash(f"simulated crash after block {index}")
-
-    return hook
-
 
 @pytest.mark.parametrize("sequential,target,method", [("groups", "pruned", "sparsegpt"), ("block", "dense", "alps"),
                                                       ("groups", "dense", "sparsegpt")])
@@ -334,7 +323,7 @@ def test_resume_under_the_levers_is_bit_identical(sequential, target, method, ca
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Crash):
         prune_model(tiny_model("llama", layers=3), calib, PruneSettings(**settings), checkpoint=ckpt,
-                    after_block=_crash_after(1), progress=False)
+                    after_block=crash_after(1), progress=False)
     with pytest.raises(LayerwiseError, match="sequential"):  # another lever is refused, naming it
         other = {**settings, "sequential": "block" if sequential == "groups" else "groups"}
         prune_model(tiny_model("llama", layers=3), calib, PruneSettings(**other), checkpoint=ckpt, resume=True,
@@ -366,7 +355,7 @@ def test_streamed_store_with_both_levers_and_resume(tmp_path):
     assert [e["objective"] for e in a["layers"]] == [e["objective"] for e in b["layers"]]
     lazy2, _ = open_model(tmp_path / "bf16")
     with pytest.raises(Crash):
-        prune_model(lazy2, ids, PruneSettings(**settings), checkpoint=tmp_path / "c", after_block=_crash_after(1),
+        prune_model(lazy2, ids, PruneSettings(**settings), checkpoint=tmp_path / "c", after_block=crash_after(1),
                     progress=False)
     lazy3, _ = open_model(tmp_path / "bf16")
     c = prune_model(lazy3, ids, PruneSettings(**settings), checkpoint=tmp_path / "c", resume=True, progress=False)
