@@ -27,18 +27,18 @@ def check_place(place: str) -> None:
         raise LayerwiseError(f"activations must be one of {', '.join(PLACES)}, got {place!r}")
 
 
-def on_device(place: str, device: torch.device, nbytes: int) -> bool:
+def on_device(place: str, device: torch.device, nbytes: int, streams: int = 1) -> bool:
     """Whether a block's activations of ``nbytes`` (one stream: its inputs) stay on ``device``: always
     for ``"device"``, never for ``"host"`` (on a CPU device too: :class:`HostBatches` then copies);
-    ``"auto"``: on a CPU device, or when inputs and outputs (2 · nbytes) fit in ``DEVICE_SHARE`` of
-    the free device memory."""
+    ``"auto"``: on a CPU device, or when inputs and outputs of every stream (2 · streams · nbytes;
+    ``streams`` = 2 with dense targets) fit in ``DEVICE_SHARE`` of the free device memory."""
     check_place(place)
     if place != "auto":
         return place == "device"
     if device.type != "cuda":
         return True
     free, _ = torch.cuda.mem_get_info(device)
-    return 2 * nbytes <= DEVICE_SHARE * free
+    return 2 * streams * nbytes <= DEVICE_SHARE * free
 
 
 class HostBatches:
@@ -93,7 +93,12 @@ class HostBatches:
             fetched, ahead = ahead, (self._fetch(index + 1) if index + 1 < len(self.items) else None)
             yield self._ready(fetched)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int | slice):
+        """Batch ``index`` on the device; a slice: a ``HostBatches`` holding those batches (no copies)."""
+        if isinstance(index, slice):
+            view = HostBatches.__new__(HostBatches)
+            view.device, view.stream, view.items = self.device, self.stream, self.items[index]
+            return view
         return self._ready(self._fetch(index))
 
 

@@ -80,10 +80,10 @@ def _parent_and_attr(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 
 @torch.no_grad()
 def capture_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int = 8, device: str | torch.device = "cpu",
-                   activations: str = "auto") -> BlockInputs:
+                   activations: str = "auto", streams: int = 1) -> BlockInputs:
     """Block 0's inputs for the token ids (n × seqlen), computed with the non-block parts on ``device``;
     kept there or in pinned host memory as ``activations`` says (``layerwise.activations``: the blocks'
-    outputs follow their inputs)."""
+    outputs follow their inputs; ``streams``: how many such streams the run keeps, 2 with dense targets)."""
     if ids.ndim != 2:
         raise LayerwiseError(f"calibration ids must be (nsamples × seqlen), got shape {tuple(ids.shape)}")
     if batch_size < 1:
@@ -110,7 +110,8 @@ def capture_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int = 8, dev
                 raise LayerwiseError(f"{type(model).__name__}: the forward pass never reached block 0 of {path}")
             h, args, kwargs = catcher.record[0]
             kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_value", "past_key_values", "use_cache")}
-            if start == 0 and not on_device(activations, torch.device(device), h.nbytes * -(-ids.shape[0] // batch_size)):
+            nbytes = h.nbytes * -(-ids.shape[0] // batch_size)
+            if start == 0 and not on_device(activations, torch.device(device), nbytes, streams):
                 hidden = HostBatches(device)
             hidden.append(h.detach())
             if h.shape[0] not in by_size:

@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 3600)")
     p.add_argument("--hessian-shards", type=int, default=None, metavar="N",
                    help="sum H over N shards of the calibration batches in order: one process with N reproduces "
-                        "an N-process torchrun run bit for bit (default: one shard per process)")
+                        "an N-process torchrun run bit for bit, with --sequential block only (default: one shard per process)")
     _add_profile(p)
 
     p = sub.add_parser("eval", help="perplexity of a model on a text and/or zero-shot tasks (lm-eval)")

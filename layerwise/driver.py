@@ -70,7 +70,7 @@ def check_seqlen(model: nn.Module, seqlen: int) -> None:
 def fingerprint(model: nn.Module, calib: torch.Tensor, settings: PruneSettings) -> str:
     """Identifies a run: settings, calibration ids, the model's config and its dense block-0 weights."""
     h = hashlib.sha256()
-    h.update(json.dumps(asdict(settings), sort_keys=True, default=str).encode())
+    h.update(json.dumps(result_settings(settings), sort_keys=True, default=str).encode())
     h.update(calib.to(torch.int64).cpu().numpy().tobytes())
     config = getattr(model, "config", None)
     if config is not None:
@@ -82,11 +82,19 @@ def fingerprint(model: nn.Module, calib: torch.Tensor, settings: PruneSettings) 
     return h.hexdigest()
 
 
+PLACEMENT_ONLY = ("activations",)  # settings that move data but leave every result bit as it is (tested)
+
+
+def result_settings(settings: PruneSettings) -> dict:
+    """The settings a checkpoint is tied to: all but ``PLACEMENT_ONLY`` (a resume may change those)."""
+    return {k: v for k, v in asdict(settings).items() if k not in PLACEMENT_ONLY}
+
+
 def resume_arguments(settings: PruneSettings, nsamples: int, seqlen: int, extra: dict | None = None) -> dict:
     """The arguments a checkpoint records and ``--resume`` compares key by key: the settings,
     nsamples and seqlen, and ``extra`` (the pipeline adds model, calib, seed, eval text and tokens).
     Normalized through JSON, as they are read back from ``state.json``."""
-    args = {**asdict(settings), "nsamples": int(nsamples), "seqlen": int(seqlen), **(extra or {})}
+    args = {**result_settings(settings), "nsamples": int(nsamples), "seqlen": int(seqlen), **(extra or {})}
     return json.loads(json.dumps(args, sort_keys=True, default=str))
 
 
@@ -430,7 +438,7 @@ def prune_model(
     if allocation is not None:
         plans = with_allocation(plans, allocation["sparsities"])
     inputs = capture_inputs(model, world.shard_ids(calib, settings.batch_size), settings.batch_size, device,
-                            settings.activations)
+                            settings.activations, streams=2 if settings.target == "dense" else 1)
     dense_inputs = inputs if settings.target == "dense" else None  # the dense model's block inputs (levers)
     if state is not None:
         if dense_inputs is not None:  # the dense blocks, before the checkpoint's pruned ones replace them

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from layerprune.layerwise.activations import batches_like
 from layerprune.layerwise.blocks import (
     BlockInputs,
     check_finite_parameters,
@@ -196,7 +197,7 @@ def group_statistics(block: nn.Module, inputs: BlockInputs, groups: list[list[st
 
     tap = _Tap(block, on_pruned, leader_of, wanted, stop_at=last)
     dtap = _Tap(dense_block, on_dense, leader_of, wanted, stop_at=None if keep_dense_outputs else last) if dense else None
-    outs = []
+    outs = batches_like(dense_inputs.hidden) if dense else []  # where the dense stream lives (device or host)
     try:
         for b, (h, extras) in enumerate(zip(inputs.hidden, inputs.extras)):
             if dense:

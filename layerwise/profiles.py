@@ -178,7 +178,7 @@ def allocate_sparsity(model: nn.Module, store, calib: torch.Tensor, settings: Pr
         info["note"] = "every pruned layer has its own sparsity or an N:M pattern: nothing to allocate"
         return {"profile": profile, "sparsities": {}, "info": info}
     device = torch.device(settings.device)
-    inputs = capture_inputs(model, calib, settings.batch_size, device)
+    inputs = capture_inputs(model, calib, settings.batch_size, device, settings.activations)
     by_block: list[tuple[int, list[str]]] = []
     owl_ratios: dict[int, float] = {}
     curves: dict[str, dict] = {}

@@ -218,3 +218,54 @@ def test_host_batches_hand_out_what_was_appended_in_order():
     assert batches_like(parts) == [] and on_device("auto", torch.device("cpu"), 1 << 40)
     with pytest.raises(LayerwiseError, match="activations must be one of auto, device, host"):
         on_device("gpu", torch.device("cpu"), 1)
+
+
+def test_host_batches_slices_are_host_batches_of_the_same_items():
+    """``distributed.split_inputs`` slices the activations: a slice stays in host memory (no list)."""
+    from layerprune.layerwise.activations import HostBatches
+
+    store = HostBatches("cpu")
+    parts = [torch.randn(1, 2, 3) for _ in range(4)]
+    for p in parts:
+        store.append(p)
+    view = store[1:3]
+    assert isinstance(view, HostBatches) and len(view) == 2 and view.items[0] is store.items[1]
+    assert all(torch.equal(a, b) for a, b in zip(view, parts[1:3]))
+
+
+def test_dense_target_stream_stays_in_host_memory_and_resume_may_change_the_placement(tmp_path, monkeypatch):
+    """With ``activations="host"`` the dense model's stream (target="dense") stays in host memory block after
+    block; ``activations`` only places data, so a resume may change it and ends bit for bit as a run without."""
+    from layerwise_tiny import Crash, crash_after
+
+    import layerprune.layerwise.driver as driver
+    from layerprune.layerwise.activations import HostBatches
+    from layerprune.layerwise.models import block_linears
+
+    kinds = []
+    real = driver.prune_block
+
+    def spy(block, inputs, dense_inputs, **kw):
+        out = real(block, inputs, dense_inputs, **kw)
+        kinds.append((type(inputs.hidden), type(dense_inputs.hidden), type(out[0].hidden)))
+        return out
+
+    monkeypatch.setattr(driver, "prune_block", spy)
+    ids = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(5))
+    settings = dict(method="sparsegpt", sparsity=0.6, batch_size=2, target="dense")
+
+    def weights(model):
+        return [lin.weight.detach().clone() for b in find_blocks(model)[1] for lin in block_linears(b).values()]
+
+    model = tiny_model("llama", seed=1, layers=3)
+    prune_model(model, ids, PruneSettings(**settings, activations="host"), progress=False)
+    assert kinds == [(HostBatches, HostBatches, HostBatches)] * 3
+    reference = weights(model)
+    crashed = tiny_model("llama", seed=1, layers=3)
+    with pytest.raises(Crash):
+        prune_model(crashed, ids, PruneSettings(**settings, activations="device"), checkpoint=tmp_path / "c",
+                    after_block=crash_after(0), progress=False)
+    resumed = tiny_model("llama", seed=1, layers=3)
+    prune_model(resumed, ids, PruneSettings(**settings, activations="host"), checkpoint=tmp_path / "c", resume=True,
+                progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(weights(resumed), reference))
