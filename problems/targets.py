@@ -21,40 +21,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from layerprune.problems.backend import full_float32_matmul
-
-
-def _solve_triangular(xp):
-    if xp is np:
-        from scipy.linalg import solve_triangular
-
-        return solve_triangular
-    from cupyx.scipy.linalg import solve_triangular
-
-    return solve_triangular
+from layerprune.problems.factorize import cholesky_lower, scipy_linalg
 
 
 def cholesky64(H, xp):
     """L (float64, lower) with H = L Lᵀ for the damped H; ValueError when H is not positive definite."""
-    try:
-        L = xp.linalg.cholesky(H.astype(xp.float64))
-    except Exception as exc:  # numpy raises LinAlgError; CuPy may return NaNs instead
-        if isinstance(exc, np.linalg.LinAlgError) or "LinAlgError" in type(exc).__name__:
-            raise ValueError("target: the damped hessian is not positive definite (Cholesky failed); "
-                             "a dense target needs damping > 0 or full-rank inputs") from exc
-        raise
-    if not bool(xp.isfinite(L).all()):
-        raise ValueError("target: the damped hessian is not positive definite (Cholesky failed); "
-                         "a dense target needs damping > 0 or full-rank inputs")
-    return L
+    return cholesky_lower(H, xp, "target: the damped hessian is not positive definite (Cholesky failed); "
+                                 "a dense target needs damping > 0 or full-rank inputs")
 
 
 def transformed_weight(W, L, cross, lam: float, xp, rows_per_chunk: int = 4096):
     """Ŵ′ = Ŵ (C + λI)ᵀ H_λ⁻¹ (out × in, float64) from Ŵ (out × in), the Cholesky factor L of
     H_λ and the undamped cross term C (in × in): two triangular solves per row chunk."""
-    solve = _solve_triangular(xp)
+    solve = scipy_linalg(xp).solve_triangular
     C = cross.astype(xp.float64)
     out = xp.empty(W.shape, dtype=xp.float64)
     for r in range(0, W.shape[0], rows_per_chunk):

@@ -10,36 +10,10 @@ import warnings
 
 import numpy as np
 
+from layerprune.problems.factorize import cholesky_lower, scipy_linalg
+
 PIVOT_RCOND = 1e-13  # a Cholesky pivot Lⱼⱼ² below this · max diag H: H is singular in float64
 JITTER_START, JITTER_STEP, JITTER_MAX = 1e-10, 100.0, 1e-2  # τ / mean(diag H) for a singular H
-
-
-def _scipy_linalg(xp):
-    if xp is np:
-        import scipy.linalg
-
-        return scipy.linalg
-    import cupyx.scipy.linalg
-
-    return cupyx.scipy.linalg
-
-
-def _is_linalg_error(exc: Exception) -> bool:
-    return isinstance(exc, np.linalg.LinAlgError) or "LinAlgError" in type(exc).__name__
-
-
-def cholesky_lower(H, xp):
-    """L with H = L Lᵀ (float64); ValueError if H is not positive definite."""
-    H64 = H.astype(xp.float64)
-    try:
-        L = xp.linalg.cholesky(H64)
-    except Exception as exc:  # numpy raises LinAlgError; CuPy may return NaNs instead
-        if _is_linalg_error(exc):
-            raise ValueError("hessian is not positive definite after damping (Cholesky failed)") from exc
-        raise
-    if not bool(xp.isfinite(L).all()):
-        raise ValueError("hessian is not positive definite after damping (Cholesky failed)")
-    return L
 
 
 def _inverse_factor(H64, xp):
@@ -48,7 +22,7 @@ def _inverse_factor(H64, xp):
     L = cholesky_lower(H64, xp)
     if float(xp.min(xp.diagonal(L))) ** 2 < PIVOT_RCOND * float(xp.max(xp.diagonal(H64))):
         raise ValueError("hessian is numerically singular (a Cholesky pivot below 1e-13 · max diag H)")
-    sl = _scipy_linalg(xp)
+    sl = scipy_linalg(xp)
     eye = xp.eye(H64.shape[0], dtype=xp.float64)
     L_inv = sl.solve_triangular(L, eye, lower=True)  # L⁻¹
     H_inv = L_inv.T @ L_inv
