@@ -7,6 +7,8 @@ data and the dense perplexity are shared by the rows of one process.
     python benchmarks/levers.py --model smollm2 --methods alps,sparsegpt --settings 0.5,0.7,0.8,2:4 \\
         --levers base,groups,dense,owl,curve,polish,all --device cuda --output levers.json [--shard 0/4]
 
+A lever ``dense@0.25`` is the dense target blended: each layer fits 0.75·X_p Ŵᵀ + 0.25·X_d Ŵᵀ.
+
 ``--shard I/N`` runs rows I, I+N, I+2N, … (several processes can share one GPU: SmolLM2's layers are
 too small to fill it); ``--output`` is rewritten after every row and rows already in it are skipped, so a
 run cut short continues where it stopped. ``--table A.json B.json …`` prints the table of finished rows
@@ -23,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-# each lever: the PruneSettings fields it sets (``base`` is today's pipeline); ``all`` is every lever at once
+# each lever: the PruneSettings fields it sets (``base``: the pipeline before issue 12, whatever the defaults); ``all`` is every lever at once
 LEVERS: dict[str, dict] = {
-    "base": {},
+    "base": {"sequential": "block", "target": "pruned", "sparsity_profile": "uniform", "local_search": False},
     "groups": {"sequential": "groups"},
     "dense": {"target": "dense"},
     "owl": {"sparsity_profile": "owl"},
@@ -36,12 +38,16 @@ LEVERS["all"] = {**LEVERS["groups"], **LEVERS["dense"], **LEVERS["owl"], **LEVER
 
 
 def lever_fields(names: str) -> dict:
-    """The fields of one lever name or of several joined by '+' (e.g. ``groups+dense``)."""
+    """The fields of one lever name or of several joined by '+' (e.g. ``groups+dense``); ``dense@B`` is
+    the dense target blended with weight B (``target_blend``)."""
     fields: dict = {}
     for name in names.split("+"):
-        if name not in LEVERS:
-            sys.exit(f"levers.py: unknown lever {name!r}; the levers are {', '.join(LEVERS)}")
-        fields.update(LEVERS[name])
+        base, _, blend = name.partition("@")
+        if base not in LEVERS or (blend and base != "dense"):
+            sys.exit(f"levers.py: unknown lever {name!r}; the levers are {', '.join(LEVERS)} and dense@BLEND")
+        fields.update(LEVERS[base])
+        if blend:
+            fields["target_blend"] = float(blend)
     return fields
 
 

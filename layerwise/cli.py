@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=None, choices=TARGETS,
                    help=f"pruned: fit each layer on the pruned model's inputs; dense: fit the dense model's outputs "
                         f"(one more activation buffer) (default {d.target})")
+    p.add_argument("--target-blend", type=float, default=None, metavar="BETA",
+                   help="with --target dense: fit (1 − BETA)·the pruned inputs' outputs + BETA·the dense outputs, "
+                        f"0 < BETA ≤ 1 (default {d.target_blend})")
     _add_dtype(p)
     _add_help_options(p)
     _add_device(p, device=None)
@@ -274,7 +277,7 @@ PRUNE_ARGS = ("model", "method", "sparsity", "pattern", "calib", "nsamples", "se
               "activations")  # flags named as PruneSettings' fields
 
 
-LEVER_ARGS = ("sequential", "target")  # layerwise.levers' flags, PruneSettings' fields too
+LEVER_ARGS = ("sequential", "target", "target_blend")  # layerwise.levers' flags, PruneSettings' fields too
 
 
 def prune_settings_given(a: argparse.Namespace) -> dict:

@@ -468,7 +468,7 @@ def prune_model(
                 dense_inputs, stats = prune_block(
                     block, inputs, dense_inputs, sequential=settings.sequential, device=device,
                     planned=set(block_plans), index=index,
-                    reduce=world.reduce_accumulators if world.size > 1 else None,
+                    reduce=world.reduce_accumulators if world.size > 1 else None, blend=settings.target_blend,
                     solve=functools.partial(_solve_block, block, settings=settings, index=index, plans=block_plans,
                                             on_layer=on_layer, world=world, measured=measured))
                 both = clock.lap("solve")

@@ -44,17 +44,23 @@ from layerprune.layerwise.blocks import (
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears
 from layerprune.problems import CrossAccumulator, HessianAccumulator
+from layerprune.problems.targets import blend_statistics
 
 SEQUENTIAL = ("block", "groups")
 TARGETS = ("pruned", "dense")
 
 
-def check_levers(sequential: str, target: str) -> None:
-    """LayerwiseError naming a ``sequential`` or ``target`` value that is not one of the choices."""
+def check_levers(sequential: str, target: str, blend: float = 1.0) -> None:
+    """LayerwiseError naming a ``sequential`` or ``target`` value that is not one of the choices, or a
+    ``target_blend`` outside (0, 1]."""
     if sequential not in SEQUENTIAL:
         raise LayerwiseError(f"sequential must be one of {', '.join(SEQUENTIAL)}, got {sequential!r}")
     if target not in TARGETS:
         raise LayerwiseError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if isinstance(blend, bool) or not isinstance(blend, (int, float)) or not 0.0 < blend <= 1.0:
+        raise LayerwiseError(f"target_blend must lie in (0, 1] (1: the dense outputs), got {blend!r}")
+    if target != "dense" and blend != 1.0:
+        raise LayerwiseError(f"target_blend={blend!r} blends toward the dense outputs: it needs target='dense'")
 
 
 def parse_levers(text: str) -> list[tuple[str, str]]:
@@ -166,7 +172,8 @@ def forward_groups(block: nn.Module, inputs: BlockInputs, index: int | None = No
 def group_statistics(block: nn.Module, inputs: BlockInputs, groups: list[list[str]], device: str | torch.device,
                      leader_of: dict[str, str], *, dense_block: nn.Module | None = None,
                      dense_inputs: BlockInputs | None = None, keep_dense_outputs: bool = False,
-                     index: int | None = None, reduce: Callable[[dict], None] | None = None):
+                     index: int | None = None, reduce: Callable[[dict], None] | None = None,
+                     blend: float = 1.0):
     """H (and with a dense block, C and D) of ``groups`` on ``block`` as it is now.
 
     Per mini-batch: the dense block runs on the dense stream first (stopped after the groups'
@@ -175,7 +182,8 @@ def group_statistics(block: nn.Module, inputs: BlockInputs, groups: list[list[st
     H += X_pᵀX_p and C += X_pᵀX_d. Returns (H by layer name, (C, D) by layer name or None, the
     dense block's outputs when kept else None); each group's members share one tensor each,
     divided by the row count n. ``reduce`` (several ranks: ``World.reduce_accumulators``) sums the
-    accumulators over the ranks' mini-batches before that.
+    accumulators over the ranks' mini-batches before that. ``blend`` β < 1 returns the (C, D) of the
+    blended target (1 − β) X_p + β X_d instead (``problems.targets.blend_statistics``).
     """
     wanted = {g[0] for g in groups}
     last = groups[-1][-1]
@@ -223,7 +231,7 @@ def group_statistics(block: nn.Module, inputs: BlockInputs, groups: list[list[st
             raise non_finite_activation(index, group, H[leader].count, inputs)
         n = H[leader].count
         h_ = H[leader].hessian() / n
-        pair = (C[leader].cross() / n, D[leader].hessian() / n) if dense else None
+        pair = blend_statistics(h_, C[leader].cross() / n, D[leader].hessian() / n, blend) if dense else None
         for name in group:
             hessians[name] = h_
             if pair is not None:
@@ -236,7 +244,7 @@ def group_statistics(block: nn.Module, inputs: BlockInputs, groups: list[list[st
 def prune_block(block: nn.Module, inputs: BlockInputs, dense_inputs: BlockInputs | None, *, sequential: str,
                 device: str | torch.device, planned: set[str], solve: Callable[..., Any],
                 index: int | None = None, reduce: Callable[[dict], None] | None = None,
-                ) -> tuple[BlockInputs | None, float]:
+                blend: float = 1.0) -> tuple[BlockInputs | None, float]:
     """Prune one block in place with the levers on; returns (the dense stream's next inputs or
     None, seconds spent on the statistics).
 
@@ -244,6 +252,7 @@ def prune_block(block: nn.Module, inputs: BlockInputs, dense_inputs: BlockInputs
     planned : the block's layers that are pruned (groups with none are skipped).
     solve : ``solve(hessians, groups, cross=cross)`` prunes those groups in place (the driver's solver).
     reduce : sums the statistics over ranks (see :func:`group_statistics`; None: one process).
+    blend : the dense target's β (``target_blend``: fit (1 − β) X_p + β X_d).
     """
     check_finite_parameters(block, index)
     groups = forward_groups(block, inputs, index)
@@ -257,7 +266,7 @@ def prune_block(block: nn.Module, inputs: BlockInputs, dense_inputs: BlockInputs
         last = i == len(passes) - 1  # the last dense pass runs the whole block: the dense stream's next inputs
         hessians, cross, kept = group_statistics(block, inputs, wanted, device, leader_of, dense_block=dense_block,
                                                  dense_inputs=dense_inputs, keep_dense_outputs=last, index=index,
-                                                 reduce=reduce)
+                                                 reduce=reduce, blend=blend)
         if kept is not None:
             dense_next = kept
         stats += time.perf_counter() - t

@@ -60,6 +60,8 @@ class PruneSettings:
         (q/k/v, o, gate/up, down in forward order, each H with the earlier groups pruned; ``layerwise.levers``).
     target : "pruned" (fit Ŵ on the pruned model's inputs) or "dense" (fit the dense model's outputs,
         ‖X_p Wᵀ − X_d Ŵᵀ‖² + λ‖W − Ŵ‖²: ``problems.targets``; one more activation stream).
+    target_blend : β in (0, 1] of a dense target: each layer fits (1 − β) X_p Ŵᵀ + β X_d Ŵᵀ, undoing
+        the fraction β of the earlier layers' drift (1: the dense outputs themselves).
     sparsity_profile : how ``sparsity`` is spread over the layers (``layerwise.allocation``): "uniform"
         (every layer at it), "owl" (outlier-weighted per block) or "curve" (measured error curves);
         the free layers keep exactly round((1 − s)·their weights) together; not with N:M patterns.
@@ -96,6 +98,7 @@ class PruneSettings:
     local_search: bool | None = False
     sequential: str = "groups"
     target: str = "pruned"
+    target_blend: float = 1.0
     sparsity_profile: str = "uniform"
     owl_m: float = 5.0
     owl_lmbda: float = 0.08
@@ -166,7 +169,7 @@ class PruneSettings:
         check_solver_device(self.solve_device, "--solver-device")
         if self.local_search is not None and not isinstance(self.local_search, bool):
             raise LayerwiseError(f"local_search must be true, false or null (where it pays), got {self.local_search!r}")
-        check_levers(self.sequential, self.target)
+        check_levers(self.sequential, self.target, self.target_blend)
         self.curve_offsets = check_profile(self.sparsity_profile, self.pattern, self.owl_m, self.owl_lmbda,
                                            self.curve_offsets, self.curve_weighting)
 

@@ -13,6 +13,10 @@ runs unchanged on the symmetric problem (Ŵ′, H_λ). With X_p = X_d (C = D = H
 symmetric problem exactly: Ŵ′ = Ŵ, const = 0. Ŵ′ is computed by a float64 Cholesky solve
 of H_λ Ŵ′ᵀ = (C + λI) Ŵᵀ, never an explicit inverse.
 
+A blended target fits part of the way: X_t = (1 − β) X_p + β X_d in place of X_d
+(:func:`blend_statistics`; β = 1 the dense target, β = 0 the pruned one), i.e. each layer
+undoes the fraction β of what the earlier layers' pruning moved its inputs by.
+
 :class:`CrossAccumulator` sums C = Σ x_pᵀ x_d over mini-batches (float32, as
 :class:`~layerprune.problems.builders.HessianAccumulator` sums H).
 """
@@ -23,6 +27,23 @@ from typing import Any
 
 from layerprune.problems.backend import full_float32_matmul
 from layerprune.problems.factorize import cholesky_lower, scipy_linalg
+
+
+def blend_statistics(H, C, D, beta: float):
+    """(C_t, D_t) of the blended target X_t = (1 − β) X_p + β X_d from H = X_pᵀX_p, C = X_pᵀX_d and
+    D = X_dᵀX_d (in × in, any array type with ``.T``):
+
+        C_t = X_pᵀX_t = (1 − β) H + β C,
+        D_t = X_tᵀX_t = (1 − β)² H + β(1 − β)(C + Cᵀ) + β² D.
+
+    β = 1 returns (C, D) themselves; β must lie in [0, 1].
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"target blend must lie in [0, 1], got {beta!r}")
+    if beta == 1.0:
+        return C, D
+    a = 1.0 - beta
+    return a * H + beta * C, (a * a) * H + (beta * a) * (C + C.T) + (beta * beta) * D
 
 
 def cholesky64(H, xp):

@@ -25,6 +25,7 @@ from layerprune.layerwise.driver import PruneSettings, prune_model
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears, find_blocks
 from layerprune.problems import CrossAccumulator, HessianAccumulator
+from layerprune.problems.targets import blend_statistics
 
 METHODS = ("alps", "sparsegpt", "wanda", "magnitude", "admm_gradual")
 SEQLEN = 32
@@ -269,13 +270,15 @@ def test_sequential_groups_hessians_by_hand(calib, monkeypatch):
         assert float((X_b.T @ X_b / X_b.shape[0] - want).abs().max()) > 1e-3 * float(want.abs().max())
 
 
-@pytest.mark.parametrize("sequential", ["block", "groups"])
-def test_dense_target_cross_term_by_hand(sequential, calib, monkeypatch):
+@pytest.mark.parametrize("sequential,blend", [("block", 1.0), ("groups", 1.0), ("groups", 0.3)])
+def test_dense_target_cross_term_by_hand(sequential, blend, calib, monkeypatch):
+    """C = X_pᵀX_t and D = X_tᵀX_t with X_t = (1 − β) X_p + β X_d (β = 1: the dense inputs), recomputed
+    in float64 from both models' layer inputs."""
     calls = _record(monkeypatch)
     dense = tiny_model("llama", layers=2)
     model = copy.deepcopy(dense)
     prune_model(model, calib, PruneSettings(method="sparsegpt", sparsity=0.6, batch_size=3, sequential=sequential,
-                                            target="dense"), progress=False)
+                                            target="dense", target_blend=blend), progress=False)
     cross = {(i, name): cd for i, _, _, c in calls for name, cd in c.items()}
     H = {(i, name): h for i, _, hs, _ in calls for name, h in hs.items()}
     block0 = [f"0.{n}" for n in (*QKV, "self_attn.o_proj", *MLP_IN, "mlp.down_proj")]
@@ -283,17 +286,21 @@ def test_dense_target_cross_term_by_hand(sequential, calib, monkeypatch):
                                                                                   [*QKV, "self_attn.o_proj", *MLP_IN])):
         pruned_before = block0 + ([f"1.{n}" for n in earlier1] if sequential == "groups" else [])
         X_p = _layer_inputs(_with_weights(dense, model, pruned_before), calib, 1, name)
-        X_d = _layer_inputs(dense, calib, 1, name)
+        X_t = (1 - blend) * X_p + blend * _layer_inputs(dense, calib, 1, name)
         n = X_p.shape[0]
         C, D = cross[(1, name)]
-        scale = float((X_d.T @ X_d / n).abs().max())
-        torch.testing.assert_close(C.double(), X_p.T @ X_d / n, rtol=2e-5, atol=2e-5 * scale)
-        torch.testing.assert_close(D.double(), X_d.T @ X_d / n, rtol=2e-5, atol=2e-5 * scale)
+        scale = float((X_t.T @ X_t / n).abs().max())
+        torch.testing.assert_close(C.double(), X_p.T @ X_t / n, rtol=2e-5, atol=2e-5 * scale)
+        torch.testing.assert_close(D.double(), X_t.T @ X_t / n, rtol=2e-5, atol=2e-5 * scale)
         torch.testing.assert_close(H[(1, name)].double(), X_p.T @ X_p / n, rtol=2e-5, atol=2e-5 * scale)
-        assert float((C.double() - X_d.T @ X_d / n).abs().max()) > 1e-3 * scale  # X_p ≠ X_d in block 1
-    # block 0's first group reads the same inputs in both models: C = D = H bit for bit
+        assert float((C.double() - X_t.T @ X_t / n).abs().max()) > 1e-3 * scale  # X_p ≠ X_t in block 1
+    # block 0's first group reads the same inputs in both models: C = D = H (bit for bit with β = 1)
     C, D = cross[(0, "self_attn.q_proj")]
-    assert torch.equal(C, H[(0, "self_attn.q_proj")]) and torch.equal(D, H[(0, "self_attn.q_proj")])
+    H0 = H[(0, "self_attn.q_proj")]
+    if blend == 1.0:
+        assert torch.equal(C, H0) and torch.equal(D, H0)
+    torch.testing.assert_close(C, H0, rtol=1e-6, atol=1e-6 * float(H0.abs().max()))
+    torch.testing.assert_close(D, H0, rtol=1e-6, atol=1e-6 * float(H0.abs().max()))
 
 
 def test_dense_target_first_group_equals_the_pruned_target(calib):
@@ -364,17 +371,39 @@ def test_streamed_store_with_both_levers_and_resume(tmp_path):
     assert fa.keys() == fc.keys() and all(torch.equal(fa[k], fc[k]) for k in fa)
 
 
-@pytest.mark.parametrize("field,value", [("sequential", "layer"), ("target", "teacher")])
+@pytest.mark.parametrize("field,value", [("sequential", "layer"), ("target", "teacher"), ("target_blend", 0.0),
+                                         ("target_blend", 1.5), ("target_blend", "half")])
 def test_bad_lever_values(field, value, calib):
+    extra = {"target": "dense"} if field == "target_blend" else {}
     with pytest.raises(LayerwiseError, match=field):
-        prune_model(tiny_model("llama"), calib, PruneSettings(sparsity=0.5, **{field: value}), progress=False)
+        prune_model(tiny_model("llama"), calib, PruneSettings(sparsity=0.5, **extra, **{field: value}), progress=False)
+
+
+def test_a_blend_without_the_dense_target_is_named(calib):
+    with pytest.raises(LayerwiseError, match="target_blend=0.5 .* needs target='dense'"):
+        prune_model(tiny_model("llama"), calib, PruneSettings(sparsity=0.5, target_blend=0.5), progress=False)
+
+
+def test_blend_statistics_against_the_blended_inputs():
+    """(C_t, D_t) = (X_pᵀX_t, X_tᵀX_t) for X_t = (1 − β) X_p + β X_d, in float64 on fresh inputs."""
+    rng = np.random.default_rng(3)
+    X_p = rng.standard_normal((50, 6))
+    X_d = X_p + 0.4 * rng.standard_normal((50, 6))
+    H, C, D = X_p.T @ X_p, X_p.T @ X_d, X_d.T @ X_d
+    for beta in (0.0, 0.25, 0.8, 1.0):
+        X_t = (1 - beta) * X_p + beta * X_d
+        C_t, D_t = blend_statistics(H, C, D, beta)
+        np.testing.assert_allclose(C_t, X_p.T @ X_t, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(D_t, X_t.T @ X_t, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="blend"):
+        blend_statistics(H, C, D, 1.2)
 
 
 def test_cli_flags_reach_the_settings():
     a = build_parser().parse_args(["prune", "--model", "m", "--output", "o", "--sequential", "groups",
-                                   "--target", "dense"])
+                                   "--target", "dense", "--target-blend", "0.25"])
     given = prune_settings_given(a)
-    assert given["sequential"] == "groups" and given["target"] == "dense"
+    assert given["sequential"] == "groups" and given["target"] == "dense" and given["target_blend"] == 0.25
     assert "sequential" not in prune_settings_given(build_parser().parse_args(["prune", "--model", "m", "--output", "o"]))
     s = PruneSettings.build(None, **given)
     assert (s.sequential, s.target) == ("groups", "dense")
