@@ -25,11 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-# each lever: the PruneSettings fields it sets (``base``: the pipeline before issue 12, whatever the defaults); ``all`` is every lever at once
+# each lever: the PruneSettings fields it sets on top of ``BASE`` (the pipeline before issue 12), so a row
+# means the same whatever PruneSettings' defaults are; ``all`` is every lever at once
+BASE = {"sequential": "block", "target": "pruned", "sparsity_profile": "uniform", "local_search": False}
 LEVERS: dict[str, dict] = {
-    "base": {"sequential": "block", "target": "pruned", "sparsity_profile": "uniform", "local_search": False},
+    "base": {},
     "groups": {"sequential": "groups"},
-    "dense": {"target": "dense"},
+    "dense": {"target": "dense", "target_blend": 0.25},
     "owl": {"sparsity_profile": "owl"},
     "curve": {"sparsity_profile": "curve"},
     "polish": {"local_search": True},
@@ -38,21 +40,26 @@ LEVERS["all"] = {**LEVERS["groups"], **LEVERS["dense"], **LEVERS["owl"], **LEVER
 
 
 def lever_fields(names: str) -> dict:
-    """The fields of one lever name or of several joined by '+' (e.g. ``groups+dense``); ``dense@B`` is
-    the dense target blended with weight B (``target_blend``)."""
-    fields: dict = {}
+    """The fields of one lever name or of several joined by '+' (e.g. ``groups+dense``) over ``BASE``;
+    ``dense@B`` is the dense target blended with weight B (``target_blend``; ``dense``: 0.25)."""
+    fields: dict = dict(BASE)
     for name in names.split("+"):
         base, _, blend = name.partition("@")
         if base not in LEVERS or (blend and base != "dense"):
             sys.exit(f"levers.py: unknown lever {name!r}; the levers are {', '.join(LEVERS)} and dense@BLEND")
         fields.update(LEVERS[base])
         if blend:
-            fields["target_blend"] = float(blend)
+            try:
+                fields["target_blend"] = float(blend)
+            except ValueError:
+                sys.exit(f"levers.py: {name!r}: the blend after '@' must be a number in (0, 1]")
     return fields
 
 
 def row_key(row: dict) -> tuple:
-    return row["lever"], row["method"], row["setting"]
+    """A row's identity: its lever name, method and setting, and the settings fields the name stood for
+    (so a file written when a name meant other fields is not taken as done)."""
+    return row["lever"], row["method"], row["setting"], json.dumps(row["fields"], sort_keys=True)
 
 
 def load_rows(paths) -> list[dict]:
@@ -69,7 +76,7 @@ def print_table(rows: list[dict], dense: float | None = None) -> None:
         print(f"dense perplexity {dense:.3f}")
     print("| method | setting | " + " | ".join(levers) + " |")
     print("| --- | --- |" + " ---: |" * len(levers))
-    by = {row_key(r): r for r in rows}
+    by = {row_key(r)[:3]: r for r in rows}  # one row per cell: the last file's
     for method in dict.fromkeys(r["method"] for r in rows):
         for setting in dict.fromkeys(r["setting"] for r in rows):
             cells = []
@@ -114,9 +121,9 @@ def main() -> None:
         for sparsity, pattern in parse_settings(a.settings):
             for lever in a.levers.split(","):
                 fields = lever_fields(lever)
-                if ":" in pattern and "sparsity_profile" in fields:  # N:M stays uniform
-                    fields = {k: v for k, v in fields.items() if k != "sparsity_profile"}
-                    if not fields:
+                if ":" in pattern and fields["sparsity_profile"] != "uniform":  # N:M stays uniform
+                    fields["sparsity_profile"] = "uniform"
+                    if lever != "base" and fields == BASE:
                         continue  # the row would repeat the base row
                 plan.append((lever, method, sparsity, pattern, fields))
     plan = plan[shard::shards]
@@ -142,7 +149,7 @@ def main() -> None:
                           seqlen=a.seqlen, eval_text=None, **fields)
         s.validate()
         setting = setting_label(s.sparsity, s.pattern)
-        if (lever, method, setting) in done:
+        if (lever, method, setting, json.dumps(fields, sort_keys=True)) in done:
             continue
         log = prune(net, tokenizer, settings=s, calib_ids=ids, progress=False).log
         ppl = perplexity(net, windows, a.seqlen, device=a.device, batch_size=a.eval_batch_size)

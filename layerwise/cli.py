@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"block: every Hessian of a block from its dense weights; groups: q/k/v, o, gate/up, down in "
                         f"turn, each with the earlier ones pruned (default {d.sequential})")
     p.add_argument("--target", default=None, choices=TARGETS,
-                   help=f"pruned: fit each layer on the pruned model's inputs; dense: fit the dense model's outputs "
-                        f"(one more activation buffer) (default {d.target})")
+                   help=f"pruned: fit each layer on the pruned model's inputs; dense: fit a blend of the dense model's "
+                        f"outputs and those (--target-blend; one more activation buffer) (default {d.target})")
     p.add_argument("--target-blend", type=float, default=None, metavar="BETA",
                    help="with --target dense: fit (1 − BETA)·the pruned inputs' outputs + BETA·the dense outputs, "
                         f"0 < BETA ≤ 1 (default {d.target_blend})")
@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 3600)")
     p.add_argument("--hessian-shards", type=int, default=None, metavar="N",
                    help="sum H over N shards of the calibration batches in order: one process with N reproduces "
-                        "an N-process torchrun run bit for bit, with --sequential block only (default: one shard per process)")
+                        "an N-process torchrun run bit for bit, with --sequential block --target pruned only "
+                        "(default: one shard per process)")
     _add_profile(p)
 
     p = sub.add_parser("eval", help="perplexity of a model on a text and/or zero-shot tasks (lm-eval)")

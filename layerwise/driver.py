@@ -86,8 +86,13 @@ PLACEMENT_ONLY = ("activations",)  # settings that move data but leave every res
 
 
 def result_settings(settings: PruneSettings) -> dict:
-    """The settings a checkpoint is tied to: all but ``PLACEMENT_ONLY`` (a resume may change those)."""
-    return {k: v for k, v in asdict(settings).items() if k not in PLACEMENT_ONLY}
+    """The settings a checkpoint is tied to: all but ``PLACEMENT_ONLY`` (a resume may change those),
+    and ``target_blend`` only where it is used (``target="dense"``; checkpoints from before it
+    existed were β = 1 and carry no key, so β = 1 is left out too)."""
+    out = {k: v for k, v in asdict(settings).items() if k not in PLACEMENT_ONLY}
+    if settings.target != "dense" or settings.target_blend == 1.0:
+        out.pop("target_blend")
+    return out
 
 
 def resume_arguments(settings: PruneSettings, nsamples: int, seqlen: int, extra: dict | None = None) -> dict:
@@ -400,10 +405,6 @@ def prune_model(
     check_seqlen(model, int(calib.shape[1]))
     world = World.current()  # several ranks under torchrun (layerwise.distributed); one otherwise
     world.check_batches(int(calib.shape[0]), settings.batch_size, settings.hessian_shards)
-    if settings.hessian_shards and uses_levers(settings.sequential, settings.target):
-        raise LayerwiseError(f"hessian_shards reproduces a torchrun run's sums with sequential='block' and "
-                             f"target='pruned' only, not with sequential={settings.sequential!r} / "
-                             f"target={settings.target!r}")
     world.use_device(settings.device)
     store = store_for(model)
     if store.streamed and checkpoint is None:
@@ -501,6 +502,7 @@ def prune_model(
         "settings": asdict(settings),
         "sequential": settings.sequential,
         "target": settings.target,
+        "target_blend": settings.target_blend if settings.target == "dense" else None,
         "nsamples": int(calib.shape[0]),
         "seqlen": int(calib.shape[1]),
         "blocks": len(store),

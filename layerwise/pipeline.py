@@ -340,7 +340,8 @@ def run_demo(
                    "sparsity": run["sparsity"], "perplexity": ppl, "ratio": ppl / dense,
                    "mean_relative_error": run["mean_relative_error"], "prune_seconds": run["seconds"],
                    "unconverged_layers": run["unconverged_layers"], "minutes": minutes, "layers": run["layers"],
-                   "sequential": s.sequential, "target": s.target}
+                   "sequential": s.sequential, "target": s.target,
+                   "target_blend": s.target_blend if s.target == "dense" else None}
             result["rows"].append(row)
             result["minutes_total"] = (time.perf_counter() - t0) / 60
             if output is not None:

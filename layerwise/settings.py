@@ -15,7 +15,7 @@ from layerprune.layerwise.activations import check_place
 from layerprune.layerwise.allocation import check_profile
 from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
 from layerprune.layerwise.errors import LayerwiseError
-from layerprune.layerwise.levers import check_levers
+from layerprune.layerwise.levers import check_levers, uses_levers
 from layerprune.layerwise.recipe import DEFAULT_TARGETS, check_entries, load_recipe, parse_overrides
 from layerprune.layerwise.sources import TEXT_FIELD
 from layerprune.problems import resolve_sparsity
@@ -58,10 +58,12 @@ class PruneSettings:
         cost model says it pays (``solvers.polish.POLISH_BUDGET``).
     sequential : "block" (every H of a block from one pass with its dense weights) or "groups"
         (q/k/v, o, gate/up, down in forward order, each H with the earlier groups pruned; ``layerwise.levers``).
-    target : "pruned" (fit Ŵ on the pruned model's inputs) or "dense" (fit the dense model's outputs,
-        ‖X_p Wᵀ − X_d Ŵᵀ‖² + λ‖W − Ŵ‖²: ``problems.targets``; one more activation stream).
+    target : "pruned" (fit Ŵ on the pruned model's inputs) or "dense" (fit the dense model's outputs
+        blended by ``target_blend``, ‖X_p Wᵀ − X_t Ŵᵀ‖² + λ‖W − Ŵ‖², X_t = (1 − β) X_p + β X_d:
+        ``problems.targets``; one more activation stream).
     target_blend : β in (0, 1] of a dense target: each layer fits (1 − β) X_p Ŵᵀ + β X_d Ŵᵀ, undoing
-        the fraction β of the earlier layers' drift (1: the dense outputs themselves).
+        the fraction β of the earlier layers' drift (1: the dense outputs themselves; not used with
+        target="pruned"). Default 0.25, the best of those measured (BENCHMARKS.md, "Levers beyond ALPS").
     sparsity_profile : how ``sparsity`` is spread over the layers (``layerwise.allocation``): "uniform"
         (every layer at it), "owl" (outlier-weighted per block) or "curve" (measured error curves);
         the free layers keep exactly round((1 − s)·their weights) together; not with N:M patterns.
@@ -97,8 +99,8 @@ class PruneSettings:
     hessian_shards: int | None = None
     local_search: bool | None = False
     sequential: str = "groups"
-    target: str = "pruned"
-    target_blend: float = 1.0
+    target: str = "dense"
+    target_blend: float = 0.25
     sparsity_profile: str = "uniform"
     owl_m: float = 5.0
     owl_lmbda: float = 0.08
@@ -170,6 +172,10 @@ class PruneSettings:
         if self.local_search is not None and not isinstance(self.local_search, bool):
             raise LayerwiseError(f"local_search must be true, false or null (where it pays), got {self.local_search!r}")
         check_levers(self.sequential, self.target, self.target_blend)
+        if self.hessian_shards and uses_levers(self.sequential, self.target):
+            raise LayerwiseError(f"hessian_shards reproduces a torchrun run's sums on the block path only: it needs "
+                                 f"--sequential block --target pruned (got sequential={self.sequential!r}, "
+                                 f"target={self.target!r})")
         self.curve_offsets = check_profile(self.sparsity_profile, self.pattern, self.owl_m, self.owl_lmbda,
                                            self.curve_offsets, self.curve_weighting)
 

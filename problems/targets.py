@@ -26,30 +26,45 @@ from __future__ import annotations
 from typing import Any
 
 from layerprune.problems.backend import full_float32_matmul
-from layerprune.problems.factorize import cholesky_lower, scipy_linalg
+from layerprune.problems.factorize import checked_cholesky, scipy_linalg, with_jitter
 
 
 def blend_statistics(H, C, D, beta: float):
-    """(C_t, D_t) of the blended target X_t = (1 − β) X_p + β X_d from H = X_pᵀX_p, C = X_pᵀX_d and
-    D = X_dᵀX_d (in × in, any array type with ``.T``):
+    """(C_t, D_t) of the blended target X_t = X_p + β (X_d − X_p) = (1 − β) X_p + β X_d from
+    H = X_pᵀX_p, C = X_pᵀX_d and D = X_dᵀX_d (in × in, NumPy, CuPy or torch):
 
-        C_t = X_pᵀX_t = (1 − β) H + β C,
-        D_t = X_tᵀX_t = (1 − β)² H + β(1 − β)(C + Cᵀ) + β² D.
+        C_t = X_pᵀX_t = H + β E,                     E = C − H = X_pᵀ(X_d − X_p),
+        D_t = X_tᵀX_t = H + β (E + Eᵀ) + β² (D − E − Eᵀ − H),
 
-    β = 1 returns (C, D) themselves; β must lie in [0, 1].
+    written in the differences so that X_p = X_d (C = D = H) gives H itself, bit for bit, at any β.
+    **Overwrites C and D** (into C_t and D_t, returned): no in × in temporaries, which at a 70B
+    down_proj are 3.3 GB each. β = 1 returns (C, D) untouched; β must lie in [0, 1].
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"target blend must lie in [0, 1], got {beta!r}")
     if beta == 1.0:
         return C, D
-    a = 1.0 - beta
-    return a * H + beta * C, (a * a) * H + (beta * a) * (C + C.T) + (beta * beta) * D
+    E = C
+    E -= H
+    D -= E
+    D -= E.T
+    D -= H
+    D *= beta * beta
+    E *= beta
+    D += E
+    D += E.T
+    D += H
+    E += H
+    return E, D
 
 
 def cholesky64(H, xp):
-    """L (float64, lower) with H = L Lᵀ for the damped H; ValueError when H is not positive definite."""
-    return cholesky_lower(H, xp, "target: the damped hessian is not positive definite (Cholesky failed); "
-                                 "a dense target needs damping > 0 or full-rank inputs")
+    """L (float64, lower) with H = L Lᵀ for the damped H. A singular H (damping 0 with fewer rows
+    than inputs) is factored as H + τI, the least τ of ``problems.factorize.with_jitter`` that
+    works, with a RuntimeWarning; ValueError when even that fails. Ŵ′ then solves the jittered
+    system, so the transformed problem matches the asymmetric one up to 2τ⟨W, Ŵ′⟩ (τ ≤ 1e-2 ·
+    mean diag H, and only where damping 0 leaves H singular)."""
+    return with_jitter(checked_cholesky, H, xp, what="dense target: the ", stacklevel=5)
 
 
 def transformed_weight(W, L, cross, lam: float, xp, rows_per_chunk: int = 4096):

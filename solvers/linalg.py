@@ -6,22 +6,15 @@ is reported as such instead of surfacing as a LinAlgError or NaNs.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
-from layerprune.problems.factorize import cholesky_lower, scipy_linalg
-
-PIVOT_RCOND = 1e-13  # a Cholesky pivot Lⱼⱼ² below this · max diag H: H is singular in float64
-JITTER_START, JITTER_STEP, JITTER_MAX = 1e-10, 100.0, 1e-2  # τ / mean(diag H) for a singular H
+from layerprune.problems.factorize import checked_cholesky, cholesky_lower, scipy_linalg, with_jitter
 
 
 def _inverse_factor(H64, xp):
     """U with H⁻¹ = Uᵀ U for H64 (float64), or ValueError when H64 is singular in float64
-    (a Cholesky fails, gives NaN, or a pivot Lⱼⱼ² < PIVOT_RCOND · max diag H)."""
-    L = cholesky_lower(H64, xp)
-    if float(xp.min(xp.diagonal(L))) ** 2 < PIVOT_RCOND * float(xp.max(xp.diagonal(H64))):
-        raise ValueError("hessian is numerically singular (a Cholesky pivot below 1e-13 · max diag H)")
+    (``problems.factorize.checked_cholesky``)."""
+    L = checked_cholesky(H64, xp)
     sl = scipy_linalg(xp)
     eye = xp.eye(H64.shape[0], dtype=xp.float64)
     L_inv = sl.solve_triangular(L, eye, lower=True)  # L⁻¹
@@ -63,33 +56,7 @@ def inverse_cholesky_upper(H, xp, jitter: bool = True):
     An H whose float64 Cholesky pivots stay above 1e-13 · max diag H (any damped H; at damping 0
     e.g. a float64 H of cond 1e12) is factored as given, exactly the reference's factor.
     """
-    H64 = H.astype(xp.float64)
-    try:
-        return _inverse_factor(H64, xp)
-    except ValueError as exc:
-        if not jitter:
-            raise
-        first = exc
-    mean_diag = float(xp.diagonal(H64).mean())
-    rel = JITTER_START
-    while rel <= JITTER_MAX * (1 + 1e-9):
-        tau = rel * mean_diag
-        shifted = H64.copy()
-        idx = xp.arange(H64.shape[0])
-        shifted[idx, idx] += tau
-        try:
-            U = _inverse_factor(shifted, xp)
-        except ValueError:
-            rel *= JITTER_STEP
-            continue
-        warnings.warn(
-            f"hessian is singular or numerically so at this damping ({first}); the Cholesky factor of "
-            f"H + τI was used, τ = {rel:.0e} · mean(diag H) = {tau:.3g}; use damping > 0 (e.g. 0.01)",
-            RuntimeWarning, stacklevel=2,
-        )
-        return U
-    raise ValueError(f"hessian is singular at this damping and stays so with a jitter of {JITTER_MAX:g} · mean(diag H) "
-                     f"({first}); use damping > 0 (e.g. 0.01)") from first
+    return with_jitter(_inverse_factor, H, xp, jitter)
 
 
 def eigh_inplace(A, xp, staged: bool = False):

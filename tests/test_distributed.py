@@ -178,6 +178,7 @@ def _prune_one(method: str, settings: dict, world_checkpoint: dict | None = None
     with limit_threads(1):
         model = tiny_model("llama", layers=settings.pop("layers", 2))
         settings.setdefault("sequential", "block")  # the path hessian_shards reproduces bit for bit
+        settings.setdefault("target", "pruned")
         log = prune_model(model, _calib(settings.pop("nsamples", 4)), PruneSettings(method=method, **settings),
                           progress=False, **(world_checkpoint or {}))
     return {k: v.clone() for k, v in model.state_dict().items()}, log
@@ -379,7 +380,7 @@ def test_torchrun_prune_equals_one_process_and_logs_the_ranks(tmp_path):
     text.write_text(" ".join(f"word{i % 37} the of and" for i in range(600)))
     common = ["prune", "--model", str(model), "--method", "alps", "--sparsity", "0.7", "--calib", str(text),
               "--nsamples", "4", "--seqlen", "16", "--batch-size", "1", "--no-eval", "--threads", "1", "--quiet",
-              "--sequential", "block"]  # the path --hessian-shards reproduces bit for bit
+              "--sequential", "block", "--target", "pruned"]  # the path --hessian-shards reproduces bit for bit
     two = _cli(common + ["--output", str(tmp_path / "two")], 2, tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("saved to") == 1  # rank 0 reports
@@ -439,3 +440,14 @@ def test_two_ranks_with_sequential_groups_and_dense_targets_equal_one_process(tm
         for e, p in zip(log0["layers"], log_one["layers"]):
             assert e["layer"] == p["layer"]
             assert e["relative_error"] == pytest.approx(p["relative_error"], rel=1e-4, abs=1e-9), (method, e["layer"])
+
+
+def test_hessian_shards_with_the_default_levers_is_refused_up_front():
+    """The defaults (groups, blended dense target) are not the path --hessian-shards reproduces: the
+    settings say so when validated, before any model is loaded."""
+    from layerprune.layerwise.errors import LayerwiseError
+    from layerprune.layerwise.settings import PruneSettings
+
+    with pytest.raises(LayerwiseError, match="--sequential block --target pruned"):
+        PruneSettings(hessian_shards=2).validate()
+    PruneSettings(hessian_shards=2, sequential="block", target="pruned").validate()

@@ -108,7 +108,8 @@ def test_pruned_outputs_feed_the_next_block(calib, monkeypatch):
     monkeypatch.setattr(driver, "collect_hessians", lambda block, inputs, *a, **k: seen.append(torch.cat(inputs.hidden)) or real(block, inputs, *a, **k))
     model = tiny_model("llama")
     dense = copy.deepcopy(model)
-    prune_model(model, calib, PruneSettings(method="magnitude", sparsity=0.8, sequential="block"), progress=False)
+    prune_model(model, calib, PruneSettings(method="magnitude", sparsity=0.8, sequential="block", target="pruned"),
+                progress=False)
     _, dense_blocks = find_blocks(dense)
     _, blocks = find_blocks(model)
     from layerprune.layerwise.blocks import capture_inputs, run_block
