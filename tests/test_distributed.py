@@ -449,5 +449,5 @@ def test_hessian_shards_with_the_default_levers_is_refused_up_front():
     from layerprune.layerwise.settings import PruneSettings
 
     with pytest.raises(LayerwiseError, match="--sequential block --target pruned"):
-        PruneSettings(hessian_shards=2).validate()
-    PruneSettings(hessian_shards=2, sequential="block", target="pruned").validate()
+        PruneSettings(sparsity=0.5, hessian_shards=2).validate()
+    PruneSettings(sparsity=0.5, hessian_shards=2, sequential="block", target="pruned").validate()
