@@ -287,3 +287,23 @@ class full_float32_matmul:
             torch.set_float32_matmul_precision(self._legacy)
         for m, value in self._saved:
             m.fp32_precision = value
+
+
+def add_gram(acc: Any, a: Any, b: Any) -> None:
+    """acc += aᵀb (torch; a, b: rows × in, acc: in × in) in full float32 precision.
+
+    On a GPU, bf16/fp16 inputs into a float32 ``acc`` go through the tensor cores with float32
+    output (``torch.mm(..., out_dtype=float32)``): a product of two bf16/fp16 values is exact in
+    float32 and the GEMM accumulates in float32, so this is the same computation as upcasting
+    first and multiplying in full float32, at the tensor cores' speed. Elsewhere a and b are
+    upcast to ``acc``'s dtype. The one product of ``HessianAccumulator`` (a = b = x) and
+    ``CrossAccumulator`` (a = x_p, b = x_d): with a = b both give the same bits.
+    """
+    import torch
+
+    narrow = a.dtype in (torch.bfloat16, torch.float16) and acc.dtype == torch.float32
+    with full_float32_matmul():
+        if narrow and a.is_cuda:
+            acc.add_(torch.mm(a.T, b, out_dtype=torch.float32))
+        else:
+            acc.addmm_(a.to(acc.dtype).T, b.to(acc.dtype))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from layerprune.problems.backend import full_float32_matmul
+from layerprune.problems.backend import add_gram
 from layerprune.problems.problem import LayerProblem
 
 
@@ -104,24 +104,14 @@ class HessianAccumulator:
     def add(self, x: Any) -> None:
         """H += xᵀx for x (..., in), upcast to the accumulator's dtype, in full float32 precision.
 
-        On a GPU, bf16/fp16 inputs go through the tensor cores with float32 output
-        (``torch.mm(..., out_dtype=float32)``): a product of two bf16/fp16 values is exact in
-        float32 and the GEMM accumulates in float32, so this is the same computation as upcasting
-        first and multiplying in full float32, at the tensor cores' speed (Llama-3-8B's down_proj,
-        in = 14336, 128 × 2048 rows: 108 TFLOP, ~2 s in float32 on an H200).
+        The product is ``problems.backend.add_gram``'s: on a GPU, bf16/fp16 inputs through the
+        tensor cores with float32 output, exact (Llama-3-8B's down_proj, in = 14336, 128 × 2048
+        rows: 108 TFLOP, ~2 s in float32 on an H200).
         """
-        import torch
-
         x = x.detach().reshape(-1, x.shape[-1]).to(device=self.H.device)
         if x.shape[-1] != self.H.shape[0]:
             raise ValueError(f"activation width {x.shape[-1]} ≠ layer input {self.H.shape[0]}")
-        narrow = x.dtype in (torch.bfloat16, torch.float16) and self.dtype == torch.float32
-        with full_float32_matmul():
-            if narrow and x.is_cuda:
-                self.H.add_(torch.mm(x.T, x, out_dtype=torch.float32))
-            else:
-                x = x.to(self.dtype)
-                self.H.addmm_(x.T, x)
+        add_gram(self.H, x, x)
         self.count += x.shape[0]
 
     def is_finite(self) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layerprune.problems.backend import full_float32_matmul
+from layerprune.problems.backend import add_gram
 from layerprune.problems.factorize import checked_cholesky, scipy_linalg, with_jitter
 
 
@@ -99,7 +99,6 @@ class CrossAccumulator:
 
     def add(self, x_p: Any, x_d: Any) -> None:
         """C += x_pᵀ x_d for x_p, x_d (..., in) of the same shape."""
-        import torch
 
         if tuple(x_p.shape) != tuple(x_d.shape):
             raise ValueError(f"paired inputs differ in shape: {tuple(x_p.shape)} and {tuple(x_d.shape)}")
@@ -107,12 +106,7 @@ class CrossAccumulator:
         x_d = x_d.detach().reshape(-1, x_d.shape[-1]).to(device=self.C.device)
         if x_p.shape[-1] != self.C.shape[0]:
             raise ValueError(f"activation width {x_p.shape[-1]} ≠ layer input {self.C.shape[0]}")
-        narrow = x_p.dtype in (torch.bfloat16, torch.float16) and self.dtype == torch.float32
-        with full_float32_matmul():
-            if narrow and x_p.is_cuda:
-                self.C.add_(torch.mm(x_p.T, x_d, out_dtype=torch.float32))
-            else:
-                self.C.addmm_(x_p.to(self.dtype).T, x_d.to(self.dtype))
+        add_gram(self.C, x_p, x_d)
         self.count += x_p.shape[0]
 
     def is_finite(self) -> bool:
