@@ -81,7 +81,7 @@ def main() -> None:
             return log
 
         if not a.curve_only:
-            run("uniform")
+            run("uniform", sparsity_profile="uniform")
             run("owl", sparsity_profile="owl")
         log = run(f"curve ({weightings[0]})", sparsity_profile="curve", curve_weighting=weightings[0])
         info = log["allocation"]["info"]
@@ -96,7 +96,7 @@ def main() -> None:
             kept, _ = allocate_curves(curves, curve_weights(w, [s.size for s in slots], energies), slots,
                                       target_kept(slots, a.sparsity))
             overrides = [{"targets": [n], "sparsity": s} for n, s in zip(names, sparsities_of(slots, kept))]
-            run(f"curve ({w})", overrides=overrides)
+            run(f"curve ({w})", sparsity_profile="uniform", overrides=overrides)
         out["minutes_total"] = (time.perf_counter() - t0) / 60
         if a.output:
             atomic_write_json(a.output, out)

@@ -265,6 +265,14 @@ def curve_grid(sparsity: float, offsets: Sequence[float]) -> list[float]:
 
 
 # -- settings ------------------------------------------------------------------------------
+def default_profile(pattern: str) -> str:
+    """The profile a run takes when none is given: "owl" for the unstructured pattern (measured to pay
+    on top of the default levers, BENCHMARKS.md), "uniform" for row and N:M patterns."""
+    from layerprune.problems import parse_pattern
+
+    return "owl" if parse_pattern(pattern).kind == "unstructured" else "uniform"
+
+
 def check_profile(profile: str, pattern: str, owl_m: float, owl_lmbda: float, offsets: Sequence[float],
                   weighting: str) -> tuple[float, ...]:
     """The profile settings checked (a ``LayerwiseError`` naming the bad one); returns the curve

@@ -112,8 +112,9 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     """``prune``'s sparsity-profile flags (PruneSettings' sparsity_profile, owl_m, owl_lmbda, curve_*)."""
     d = PRUNE_DEFAULTS
     p.add_argument("--sparsity-profile", dest="sparsity_profile", default=None,
-                   help=f"spread --sparsity over the layers: uniform, owl (outlier-weighted per block) or curve "
-                        f"(measured error curves); the model-wide count is kept exact (default {d.sparsity_profile})")
+                   help="spread --sparsity over the layers: uniform, owl (outlier-weighted per block) or curve "
+                        "(measured error curves); the model-wide count is kept exact (default: owl with the unstructured "
+                        "pattern, uniform with row and N:M)")
     p.add_argument("--owl-m", dest="owl_m", type=float, default=None,
                    help=f"OWL: a score is an outlier above M × the block's mean (default {d.owl_m:g})")
     p.add_argument("--owl-lmbda", dest="owl_lmbda", type=float, default=None,

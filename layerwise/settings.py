@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from layerprune.layerwise.activations import check_place
-from layerprune.layerwise.allocation import check_profile
+from layerprune.layerwise.allocation import check_profile, default_profile
 from layerprune.layerwise.checks import check_at_least, check_solver_device, check_torch_device
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.levers import check_levers, uses_levers
@@ -67,6 +67,9 @@ class PruneSettings:
     sparsity_profile : how ``sparsity`` is spread over the layers (``layerwise.allocation``): "uniform"
         (every layer at it), "owl" (outlier-weighted per block) or "curve" (measured error curves);
         the free layers keep exactly round((1 − s)·their weights) together; not with N:M patterns.
+        None (the default; ``validate`` fills it in): "owl" with the unstructured pattern, where it was
+        measured to pay on top of the other defaults (BENCHMARKS.md, "Levers beyond ALPS"), "uniform"
+        with row and N:M patterns.
     owl_m, owl_lmbda : OWL's outlier threshold M (× the mean Wanda score) and λ (blocks within s ± 2λ).
     curve_offsets : the sparsities s + offset (those in [0, 1)) each layer's curve is measured at.
     curve_weighting : the curve objective Σ w_ℓ·e_ℓ: "relative" (w = 1), "size" (w ∝ weights), "objective"
@@ -101,7 +104,7 @@ class PruneSettings:
     sequential: str = "groups"
     target: str = "dense"
     target_blend: float = 0.25
-    sparsity_profile: str = "uniform"
+    sparsity_profile: str | None = None
     owl_m: float = 5.0
     owl_lmbda: float = 0.08
     curve_offsets: tuple = (-0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
@@ -176,6 +179,8 @@ class PruneSettings:
             raise LayerwiseError(f"hessian_shards reproduces a torchrun run's sums on the block path only: it needs "
                                  f"--sequential block --target pruned (got sequential={self.sequential!r}, "
                                  f"target={self.target!r})")
+        if self.sparsity_profile is None:
+            self.sparsity_profile = default_profile(self.pattern)
         self.curve_offsets = check_profile(self.sparsity_profile, self.pattern, self.owl_m, self.owl_lmbda,
                                            self.curve_offsets, self.curve_weighting)
 

@@ -340,9 +340,29 @@ def test_resume_reuses_the_stored_allocation_bit_for_bit(profile, calib, tmp_pat
 
 
 def test_uniform_runs_are_unchanged(calib):
-    _, log = _run(calib, layers=2)
+    _, log = _run(calib, layers=2, sparsity_profile="uniform")
     assert log["sparsity_profile"] == "uniform" and log["allocation"] is None
     assert all(e["target_sparsity"] == 0.6 for e in log["layers"])
+
+
+@pytest.mark.parametrize("pattern, want", [("unstructured", "owl"), ("row", "uniform"), ("2:4", "uniform")])
+def test_the_default_profile_follows_the_pattern(pattern, want):
+    s = PruneSettings(method="sparsegpt", sparsity=None if ":" in pattern else 0.6, pattern=pattern)
+    assert s.sparsity_profile is None
+    s.validate()
+    assert s.sparsity_profile == want
+    with pytest.raises(LayerwiseError, match="cannot be used with the N:M pattern"):  # asked for explicitly: refused
+        PruneSettings(method="sparsegpt", pattern="2:4", sparsity_profile="owl").validate()
+
+
+def test_a_default_run_allocates_by_owl_with_the_exact_count(calib):
+    model, log = _run(calib, layers=3)
+    assert log["sparsity_profile"] == "owl" and log["allocation"]["profile"] == "owl"
+    _, blocks = find_blocks(model)
+    weights = [lin.weight for block in blocks for lin in block_linears(block).values()]
+    size = sum(w.numel() for w in weights)
+    assert sum(int((w != 0).sum()) for w in weights) == round(0.4 * size)  # model-wide: exactly (1 − s)·n
+    assert len({e["target_sparsity"] for e in log["layers"]}) > 1
 
 
 def test_command_line_profile_writes_the_plot_and_an_exact_count(tmp_path, capsys):

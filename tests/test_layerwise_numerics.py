@@ -26,7 +26,8 @@ def _model(layers: int = 4):
 
 
 def _prune(model, calib, method: str = "magnitude", damping: float = 0.01):
-    return prune_model(model, calib, PruneSettings(method=method, sparsity=0.5, damping=damping), progress=False)
+    return prune_model(model, calib, PruneSettings(method=method, sparsity=0.5, damping=damping,
+                                                          sparsity_profile="uniform"), progress=False)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])

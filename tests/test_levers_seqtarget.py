@@ -482,7 +482,7 @@ def test_levers_on_every_family_find_the_groups_in_forward_order(family, calib, 
     assert [sorted(g) for g in groups] == [sorted(g) for g in want]  # the groups, in forward order
     calls = _record(monkeypatch)
     log = prune_model(model, calib, PruneSettings(method="sparsegpt", sparsity=0.6, batch_size=3, sequential="groups",
-                                                  target="dense"), progress=False)
+                                                  target="dense", sparsity_profile="uniform"), progress=False)
     assert [g for i, g, _, _ in calls if i == 0] == [[g] for g in groups]
     for e in log["layers"]:
         assert e["kept"] == e["target_kept"] == parse_pattern("unstructured").kept_per_layer(tuple(e["shape"]), 0.6)

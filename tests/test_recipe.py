@@ -86,7 +86,7 @@ def test_a_tiny_model_pruned_by_a_recipe():
     model = tiny_model("llama")
     dense = {k: v.clone() for k, v in model.state_dict().items()}
     ids = sample_segments(token_stream(byte_tokenizer(), [tiny_text(2000)]), 4, 32, 0)
-    settings = PruneSettings(method="sparsegpt", sparsity=0.6, ignore=["re:.*o_proj$"], overrides=[
+    settings = PruneSettings(method="sparsegpt", sparsity=0.6, sparsity_profile="uniform", ignore=["re:.*o_proj$"], overrides=[
         {"targets": ["re:.*down_proj$"], "sparsity": 0.3},
         {"targets": ["re:.*up_proj$"], "pattern": "2:4"},
         {"targets": ["re:model\\.layers\\.0\\.self_attn\\.q_proj$"], "method": "wanda"},

@@ -136,7 +136,8 @@ def crashed(files, tmp_path_factory):
     [
         ({"--sparsity": "0.6"}, (), "sparsity=0.5, this run has sparsity=0.6"),
         ({"--method": "magnitude"}, (), "method='wanda', this run has method='magnitude'"),
-        ({"--pattern": "row"}, (), "pattern='unstructured', this run has pattern='row'"),
+        ({"--pattern": "row"}, (), "pattern='unstructured', sparsity_profile='owl', this run has pattern='row', "
+                                   "sparsity_profile='uniform'"),  # the default profile follows the pattern
         ({"--damping": "0.1"}, (), "damping=0.01, this run has damping=0.1"),
         ({"--seed": "3"}, (), "seed=0, this run has seed=3"),
         ({"--nsamples": "5"}, (), "nsamples=6, this run has nsamples=5"),

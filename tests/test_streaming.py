@@ -36,7 +36,8 @@ def _ids(tokenizer, files, n=6, seqlen=32):
 def _args(files, out, *extra):
     return ["prune", "--model", str(files / "bf16"), "--calib", str(files / "text.txt"), "--text",
             str(files / "text.txt"), "--nsamples", "6", "--seqlen", "32", "--eval-tokens", "1024",
-            "--output", str(out), "--quiet", "--method", "sparsegpt", "--sparsity", "0.6", *extra]
+            "--output", str(out), "--quiet", "--method", "sparsegpt", "--sparsity", "0.6",
+            "--sparsity-profile", "uniform", *extra]
 
 
 def test_the_folder_is_sharded(files):
