@@ -266,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batch-size", type=int, default=1, help="windows per perplexity forward (default 1)")
     p.add_argument("--output", default=None, help="also write the results as JSON here (rewritten after every row)")
     p.add_argument("--levers", default=None,
-                   help="rows for several (sequential, target) levers, e.g. block:pruned,groups:dense "
-                        f"(default {PRUNE_DEFAULTS.sequential}:{PRUNE_DEFAULTS.target})")
+                   help="rows for several levers SEQUENTIAL:TARGET[:PROFILE], e.g. block:pruned:uniform,groups:dense "
+                        f"(default {PRUNE_DEFAULTS.sequential}:{PRUNE_DEFAULTS.target} with the pattern's default profile: "
+                        "owl for unstructured, uniform otherwise)")
     p.add_argument("--quiet", action="store_true")
     _add_device(p, threads=1)  # one thread is 2-3x faster on a shared 2-core machine (layerwise/threads.py)
     return parser

@@ -61,16 +61,24 @@ def check_levers(sequential: str, target: str, blend: float) -> None:
         raise LayerwiseError(f"target_blend must lie in (0, 1] (1: the dense outputs), got {blend!r}")
 
 
-def parse_levers(text: str) -> list[tuple[str, str]]:
-    """``"block:pruned,groups:dense"`` → [("block", "pruned"), ("groups", "dense")] (the demo's ``--levers``)."""
+def parse_levers(text: str) -> list[tuple[str, str, str | None]]:
+    """``"block:pruned:uniform,groups:dense"`` → [("block", "pruned", "uniform"), ("groups", "dense", None)]
+    (the demo's ``--levers``: SEQUENTIAL:TARGET[:PROFILE]; no profile: the settings' default for the pattern)."""
+    from layerprune.layerwise.allocation import PROFILES
+
     out = []
     for item in (t.strip() for t in str(text).split(",")):
         if item:
-            sequential, sep, target = item.partition(":")
-            if not sep:
-                raise LayerwiseError(f"--levers: {item!r} is not SEQUENTIAL:TARGET (e.g. groups:dense)")
-            check_levers(sequential, target, 1.0)  # the names; a row takes target_blend from the settings
-            out.append((sequential, target))
+            parts = item.split(":")
+            if len(parts) not in (2, 3):
+                raise LayerwiseError(f"--levers: {item!r} is not SEQUENTIAL:TARGET[:PROFILE] (e.g. groups:dense, "
+                                     "block:pruned:uniform)")
+            check_levers(parts[0], parts[1], 1.0)  # the names; a row takes target_blend from the settings
+            profile = parts[2] if len(parts) == 3 else None
+            if profile is not None and profile not in PROFILES:
+                raise LayerwiseError(f"--levers: unknown sparsity profile {profile!r} in {item!r}; the profiles are "
+                                     + ", ".join(PROFILES))
+            out.append((parts[0], parts[1], profile))
     if not out:
         raise LayerwiseError("--levers: no SEQUENTIAL:TARGET pair given")
     return out

@@ -273,8 +273,9 @@ def run_demo(
 ) -> dict:
     """Prune ``model`` with each method at each setting and tabulate perplexity, error and seconds.
 
-    levers : (sequential, target) pairs (``layerwise.levers``), each a row per setting and method,
-        labelled "SETTING SEQUENTIAL/TARGET" unless it is PruneSettings' default; None: the default.
+    levers : (sequential, target, sparsity profile or None) triples (``layerwise.levers.parse_levers``;
+        None: the pattern's default profile), each a row per setting and method, labelled
+        "SETTING SEQUENTIAL/TARGET/PROFILE" unless it is PruneSettings' default; None: the default.
 
     settings : several settings in one process, e.g. ``"0.5,0.7,2:4"`` (see :func:`parse_settings`);
         None: the one setting ``(sparsity, pattern)``. Every (setting, method) row shares the
@@ -286,15 +287,15 @@ def run_demo(
     echo = echo or (lambda *a: print(*a, flush=True))
     pairs = parse_settings(settings) if settings is not None else [(sparsity, pattern)]
     runs = []
-    default_levers = (PruneSettings.sequential, PruneSettings.target)
+    default_levers = (PruneSettings.sequential, PruneSettings.target, PruneSettings.sparsity_profile)
     for sp, pat in pairs:
-        for seq, tgt in (levers or [default_levers]):
+        for seq, tgt, profile in (levers or [default_levers]):
             for m in methods:
                 s = PruneSettings(method=m, sparsity=sp, pattern=pat, device=device, batch_size=batch_size, calib=calib,
                                   text_field=text_field, nsamples=nsamples, seqlen=seqlen, seed=seed, eval_text=None,
-                                  sequential=seq, target=tgt)
+                                  sequential=seq, target=tgt, sparsity_profile=profile)
                 s.validate()
-                lever = "" if (seq, tgt) == default_levers else f" {seq}/{tgt}"
+                lever = "" if (seq, tgt, profile) == default_levers else f" {seq}/{tgt}/{s.sparsity_profile}"
                 runs.append((setting_label(s.sparsity, s.pattern) + lever, s))
     if not runs:
         raise LayerwiseError("no methods given")
@@ -340,7 +341,7 @@ def run_demo(
                    "sparsity": run["sparsity"], "perplexity": ppl, "ratio": ppl / dense,
                    "mean_relative_error": run["mean_relative_error"], "prune_seconds": run["seconds"],
                    "unconverged_layers": run["unconverged_layers"], "minutes": minutes, "layers": run["layers"],
-                   "sequential": s.sequential, "target": s.target,
+                   "sequential": s.sequential, "target": s.target, "sparsity_profile": s.sparsity_profile,
                    "target_blend": s.target_blend if s.target == "dense" else None}
             result["rows"].append(row)
             result["minutes_total"] = (time.perf_counter() - t0) / 60

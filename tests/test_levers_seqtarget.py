@@ -443,8 +443,9 @@ def test_demo_rows_per_lever(tmp_path, capsys):
     from layerprune.layerwise.models import save_model
     from layerprune.layerwise.pipeline import run_demo
 
-    assert parse_levers("block:pruned, groups:dense") == [("block", "pruned"), ("groups", "dense")]
-    for bad in ("groups", "groups:teacher", ""):
+    assert parse_levers("block:pruned:uniform, groups:dense") == [("block", "pruned", "uniform"),
+                                                                  ("groups", "dense", None)]
+    for bad in ("groups", "groups:teacher", "", "block:pruned:owls", "block:pruned:owl:x"):
         with pytest.raises(LayerwiseError, match="levers|target"):
             parse_levers(bad)
     save_model(tiny_model("llama"), byte_tokenizer(), tmp_path / "tiny")
@@ -452,16 +453,17 @@ def test_demo_rows_per_lever(tmp_path, capsys):
     kw = dict(calib=str(tmp_path / "text.txt"), text=str(tmp_path / "text.txt"), nsamples=4, seqlen=SEQLEN,
               eval_tokens=512, progress=False, echo=lambda *a: None)
     result = run_demo(str(tmp_path / "tiny"), ("sparsegpt",), settings="0.6",
-                      levers=[("block", "pruned"), ("groups", "dense")], **kw)
+                      levers=[("block", "pruned", "uniform"), ("groups", "dense", None)], **kw)
     rows = result["rows"]
-    assert [(r["setting"], r["sequential"], r["target"]) for r in rows] == [  # the defaults' row unlabelled
-        ("0.6 unstructured block/pruned", "block", "pruned"), ("0.6 unstructured", "groups", "dense")]
-    alone = run_demo(str(tmp_path / "tiny"), ("sparsegpt",), settings="0.6", levers=[("groups", "dense")], **kw)
+    assert [(r["setting"], r["sequential"], r["target"], r["sparsity_profile"]) for r in rows] == [  # the defaults' row unlabelled
+        ("0.6 unstructured block/pruned/uniform", "block", "pruned", "uniform"),
+        ("0.6 unstructured", "groups", "dense", "owl")]
+    alone = run_demo(str(tmp_path / "tiny"), ("sparsegpt",), settings="0.6", levers=[("groups", "dense", None)], **kw)
     assert alone["rows"][0]["perplexity"] == rows[1]["perplexity"]  # each row starts from the dense model
     assert main(["demo", "--model", str(tmp_path / "tiny"), "--calib", kw["calib"], "--text", kw["text"],
                  "--nsamples", "4", "--seqlen", str(SEQLEN), "--eval-tokens", "512", "--quiet", "--methods", "magnitude",
                  "--settings", "0.5", "--levers", "block:pruned"]) == 0
-    assert "| 0.5 unstructured block/pruned | magnitude | 0.50 |" in capsys.readouterr().out
+    assert "| 0.5 unstructured block/pruned/owl | magnitude | 0.50 |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "opt", "gpt_neox"])
