@@ -81,6 +81,22 @@ def test_owl_sparsities_by_hand():
     assert got.mean() == pytest.approx(s)
     assert np.allclose(owl_sparsities([100 * x for x in d], s, lam), got)  # the unit does not matter
     assert np.all(owl_sparsities([0.2, 0.2], s, lam) == s) and np.all(owl_sparsities(d, s, 0.0) == s)
+    # at 97 % the sparsest block would pass 100 % (0.97 + 0.08): the spread is scaled so it keeps half the mean density
+    high = owl_sparsities(d, 0.97, lam)
+    scale = 0.015 / 0.08
+    assert np.allclose(high, [0.97 + scale * (mean - x) for x in dn], rtol=0, atol=1e-15)
+    assert high.max() == pytest.approx(0.985) and high.mean() == pytest.approx(0.97)
+    assert np.allclose(owl_sparsities(d, 0.84, lam), [0.84 + (mean - x) for x in dn])  # at the edge: as the reference
+
+
+def test_a_default_run_at_high_sparsity_keeps_every_layer_alive(calib):
+    """At 97 % unstructured (OWL by default) no block passes 100 %: the run completes, exact in count."""
+    model, log = _run(calib, layers=3, sparsity=0.97)
+    assert log["sparsity_profile"] == "owl"
+    assert max(e["target_sparsity"] for e in log["layers"]) < 0.99  # blocks at ≤ 0.985, shifted by the exact count
+    _, blocks = find_blocks(model)
+    weights = [lin.weight for block in blocks for lin in block_linears(block).values()]
+    assert sum(int((w != 0).sum()) for w in weights) == round(0.03 * sum(w.numel() for w in weights))
 
 
 def test_outlier_ratio_by_hand():
