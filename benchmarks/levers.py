@@ -15,12 +15,19 @@ run cut short continues where it stopped. ``--table A.json B.json …`` prints t
 (perplexity and pruning seconds per lever, for each method and setting). A lever that names a sparsity
 profile runs without it at N:M settings (those stay uniform), and is skipped there when the profile is all it sets. Seconds from processes sharing a GPU are
 inflated by the sharing: compare them within one run only.
+
+``--checkpoints DIR`` gives each row a per-block checkpoint folder under DIR (``prune(checkpoint=…)``), so a row
+longer than one process's time (the polish, the curve profile) continues from its last finished block when the
+same command runs again; a row's folder is removed once the row is recorded. Its pruning seconds are then the sum
+over the processes that ran it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -101,6 +108,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--output", default=None)
+    ap.add_argument("--checkpoints", default=None, help="a folder for per-row block checkpoints (long rows resume)")
     ap.add_argument("--table", nargs="*", default=None, help="print the table of these output files and stop")
     a = ap.parse_args()
     if a.table is not None:
@@ -151,7 +159,9 @@ def main() -> None:
         setting = setting_label(s.sparsity, s.pattern)
         if (lever, method, setting, json.dumps(fields, sort_keys=True)) in done:
             continue
-        log = prune(net, tokenizer, settings=s, calib_ids=ids, progress=False).log
+        ckpt = Path(a.checkpoints) / re.sub(r"[^A-Za-z0-9.@+-]+", "_", f"{lever}-{method}-{setting}") if a.checkpoints else None
+        log = prune(net, tokenizer, settings=s, calib_ids=ids, progress=False, checkpoint=ckpt,
+                    resume=ckpt is not None and ckpt.exists()).log
         ppl = perplexity(net, windows, a.seqlen, device=a.device, batch_size=a.eval_batch_size)
         row = {"lever": lever, "method": method, "setting": setting, "fields": fields, "perplexity": ppl,
                "sparsity": log["sparsity"], "mean_relative_error": log["mean_relative_error"],
@@ -160,6 +170,8 @@ def main() -> None:
         result["rows"].append(row)
         if a.output:
             atomic_write_json(a.output, result)
+        if ckpt is not None:
+            shutil.rmtree(ckpt, ignore_errors=True)
         print(f"{lever} {method} {setting}: perplexity {ppl:.3f}, sparsity {row['sparsity']:.4f}, "
               f"mean rel. error {row['mean_relative_error']:.4f}, {row['prune_seconds']:.1f} s", flush=True)
         with __import__("torch").no_grad():
