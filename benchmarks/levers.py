@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -117,6 +116,7 @@ def main() -> None:
 
     from layerprune.layerwise.api import prune
     from layerprune.layerwise.data import calibration_segments, evaluation_windows
+    from layerprune.layerwise.driver import Checkpoint
     from layerprune.layerwise.models import block_linears, find_blocks, load_model
     from layerprune.layerwise.perplexity import perplexity
     from layerprune.layerwise.pipeline import parse_settings, setting_label
@@ -161,7 +161,7 @@ def main() -> None:
             continue
         ckpt = Path(a.checkpoints) / re.sub(r"[^A-Za-z0-9.@+-]+", "_", f"{lever}-{method}-{setting}") if a.checkpoints else None
         log = prune(net, tokenizer, settings=s, calib_ids=ids, progress=False, checkpoint=ckpt,
-                    resume=ckpt is not None and ckpt.exists()).log
+                    resume=ckpt is not None and Checkpoint(ckpt).exists()).log
         ppl = perplexity(net, windows, a.seqlen, device=a.device, batch_size=a.eval_batch_size)
         row = {"lever": lever, "method": method, "setting": setting, "fields": fields, "perplexity": ppl,
                "sparsity": log["sparsity"], "mean_relative_error": log["mean_relative_error"],
@@ -171,7 +171,7 @@ def main() -> None:
         if a.output:
             atomic_write_json(a.output, result)
         if ckpt is not None:
-            shutil.rmtree(ckpt, ignore_errors=True)
+            Checkpoint(ckpt).remove()  # state.json first: a kill half-way leaves nothing resumable
         print(f"{lever} {method} {setting}: perplexity {ppl:.3f}, sparsity {row['sparsity']:.4f}, "
               f"mean rel. error {row['mean_relative_error']:.4f}, {row['prune_seconds']:.1f} s", flush=True)
         with __import__("torch").no_grad():

@@ -4,8 +4,8 @@
 #   bash benchmarks/ppl_grid.sh MODEL OUTDIR [NSAMPLES] [SEQLEN] [EVAL_TOKENS] [SETTINGS...]
 # SETTINGS: a sparsity (unstructured, e.g. 0.8) or an N:M pattern (e.g. 2:4); default 0.5 0.7 0.8 2:4.
 # EVAL_TOKENS 0 (the default) evaluates on the whole text. METHODS (environment) picks the methods,
-# default alps,sparsegpt,wanda,magnitude; LEVERS (environment, e.g. block:pruned,groups:dense) adds a row per
-# sequential:target pair (layerwise/levers.py). OUTDIR/grid.json is rewritten after every row (a crash
+# default alps,sparsegpt,wanda,magnitude; LEVERS (environment, e.g. block:pruned:uniform,groups:dense) adds a row
+# per SEQUENTIAL:TARGET[:PROFILE] lever (layerwise/levers.py). OUTDIR/grid.json is rewritten after every row (a crash
 # loses nothing finished); OUTDIR/grid.out holds the log and, at the end, the table (also printed).
 set -uo pipefail
 MODEL=$1 OUT=$2 NS=${3:-128} SL=${4:-2048} ET=${5:-0}

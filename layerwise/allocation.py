@@ -64,8 +64,8 @@ def owl_sparsities(ratios: Sequence[float], sparsity: float, lmbda: float) -> np
     One departure from the reference, at high s only: the sparsest block gets s + mean Dn, which
     at s ≥ 1 − 2λ can reach 100 % and starve its layers to one weight (zeroing the next layer's
     inputs). Where s + mean Dn > s + (1 − s)/2, Dn is scaled down so that the sparsest block keeps
-    half the mean density, (1 − s)/2 (at λ = 0.08 this never acts below s = 0.68, and in SmolLM2's
-    runs at 50–80 % it did not act: BENCHMARKS.md)."""
+    half the mean density, (1 − s)/2 (mean Dn < 2λ, so it never acts at s ≤ 1 − 4λ: 0.68 at λ = 0.08;
+    in SmolLM2's runs at 50–80 % it did not act: BENCHMARKS.md)."""
     d = np.asarray(ratios, dtype=np.float64)
     if d.ndim != 1 or d.size == 0 or not np.all(np.isfinite(d)):
         raise ValueError(f"outlier ratios must be a non-empty list of finite numbers, got {ratios!r}")
@@ -274,12 +274,13 @@ def curve_grid(sparsity: float, offsets: Sequence[float]) -> list[float]:
 
 
 # -- settings ------------------------------------------------------------------------------
-def default_profile(pattern: str) -> str:
-    """The profile a run takes when none is given: "owl" for the unstructured pattern (measured to pay
-    on top of the default levers, BENCHMARKS.md), "uniform" for row and N:M patterns."""
+def default_profile(pattern: str, target: str) -> str:
+    """The profile a run takes when none is given: "owl" for the unstructured pattern with the dense
+    target (measured to pay on top of the blended target, and to hurt without it: BENCHMARKS.md),
+    "uniform" otherwise (row: not measured; N:M: the hardware format)."""
     from layerprune.problems import parse_pattern
 
-    return "owl" if parse_pattern(pattern).kind == "unstructured" else "uniform"
+    return "owl" if parse_pattern(pattern).kind == "unstructured" and target == "dense" else "uniform"
 
 
 def check_profile(profile: str, pattern: str, owl_m: float, owl_lmbda: float, offsets: Sequence[float],

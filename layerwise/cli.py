@@ -316,7 +316,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
         end_world()
     if not world.is_main:
         return 0
-    line = f"pruned {len(rec['layers'])} layers to sparsity {rec['sparsity']:.4f} ({rec['pattern']}) with {rec['method']}"
+    line = (f"pruned {len(rec['layers'])} layers to sparsity {rec['sparsity']:.4f} ({rec['pattern']}, "
+            f"{rec['sparsity_profile']} profile) with {rec['method']}")
     line += f", mean relative error {rec['mean_relative_error']:.4g}, {rec['seconds_total'] / 60:.1f} min"
     if rec.get("unconverged_layers"):
         line += f"; {rec['unconverged_layers']} layers did not converge (see 'status' in the run log)"

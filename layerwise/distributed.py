@@ -22,7 +22,9 @@ Every rank runs the same driver loop; a :class:`World` (rank, size) is consulted
   layer took in the previous block; each rank solves its units, then every pruned weight is
   broadcast from its solver (:meth:`World.broadcast`) before the block's outputs are computed,
   and the log entries (with ``rank``) are gathered in the one-process order;
-* **files**: rank 0 writes checkpoints and the output, the others wait at a barrier.
+* **files**: rank 0 writes checkpoints and the output, the others wait at a barrier;
+* **sparsity profiles**: the dense pre-pass (``layerwise.profiles``) runs on each rank's shard and
+  sums its statistics (OWL's ‖X_j‖², the curves' H) the same way, so every rank allocates alike.
 
 World size 1 makes every collective a no-op. An error on one rank during a block's solves is
 exchanged (:meth:`World.raise_if_any`) so every rank stops with it; elsewhere torchrun ends the

@@ -435,7 +435,7 @@ def prune_model(
     # a sparsity profile: per-layer sparsities from a dense pre-pass (layerwise.profiles), kept in the checkpoint
     allocation = state.get("allocation") if state is not None else None
     if allocation is None and settings.sparsity_profile != "uniform":
-        allocation = allocate_sparsity(model, store, calib, settings, plans, progress=progress)
+        allocation = allocate_sparsity(model, store, calib, settings, plans, progress=progress, world=world)
     if allocation is not None:
         plans = with_allocation(plans, allocation["sparsities"])
     inputs = capture_inputs(model, world.shard_ids(calib, settings.batch_size), settings.batch_size, device,

@@ -269,12 +269,13 @@ def run_demo(
     output: str | os.PathLike | None = None,
     progress: bool = True,
     echo=None,
-    levers: Sequence[tuple[str, str]] | None = None,
+    levers: Sequence[tuple[str, str] | tuple[str, str, str | None]] | None = None,
 ) -> dict:
     """Prune ``model`` with each method at each setting and tabulate perplexity, error and seconds.
 
-    levers : (sequential, target, sparsity profile or None) triples (``layerwise.levers.parse_levers``;
-        None: the pattern's default profile), each a row per setting and method, labelled
+    levers : (sequential, target[, sparsity profile or None]) tuples (``layerwise.levers.parse_levers``;
+        no profile or None: the default one for the row's pattern and target; a profile other than
+        uniform runs uniform at N:M settings), each a row per setting and method, labelled
         "SETTING SEQUENTIAL/TARGET/PROFILE" unless it is PruneSettings' default; None: the default.
 
     settings : several settings in one process, e.g. ``"0.5,0.7,2:4"`` (see :func:`parse_settings`);
@@ -289,14 +290,17 @@ def run_demo(
     runs = []
     default_levers = (PruneSettings.sequential, PruneSettings.target, PruneSettings.sparsity_profile)
     for sp, pat in pairs:
-        for seq, tgt, profile in (levers or [default_levers]):
+        for lever in (levers or [default_levers]):
+            seq, tgt, profile = (*lever, None)[:3]
+            if profile is not None and ":" in str(pat):
+                profile = "uniform"  # N:M fixes every layer's sparsity (the hardware format)
             for m in methods:
                 s = PruneSettings(method=m, sparsity=sp, pattern=pat, device=device, batch_size=batch_size, calib=calib,
                                   text_field=text_field, nsamples=nsamples, seqlen=seqlen, seed=seed, eval_text=None,
                                   sequential=seq, target=tgt, sparsity_profile=profile)
                 s.validate()
-                lever = "" if (seq, tgt, profile) == default_levers else f" {seq}/{tgt}/{s.sparsity_profile}"
-                runs.append((setting_label(s.sparsity, s.pattern) + lever, s))
+                tag = "" if (seq, tgt, profile) == default_levers else f" {seq}/{tgt}/{s.sparsity_profile}"
+                runs.append((setting_label(s.sparsity, s.pattern) + tag, s))
     if not runs:
         raise LayerwiseError("no methods given")
     check_at_least("eval_batch_size", eval_batch_size, 1)

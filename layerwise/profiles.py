@@ -44,6 +44,7 @@ from layerprune.layerwise.allocation import (
     target_kept,
 )
 from layerprune.layerwise.blocks import BlockInputs, capture_inputs, collect_hessians, run_block
+from layerprune.layerwise.distributed import World
 from layerprune.layerwise.errors import LayerwiseError
 from layerprune.layerwise.models import block_linears
 from layerprune.layerwise.settings import PruneSettings
@@ -120,10 +121,12 @@ def block_outlier_ratio(block: nn.Module, norms: dict[str, torch.Tensor], names:
 
 
 def measure_curves(block: nn.Module, inputs: BlockInputs, names: list[str], plans: dict[str, dict], prefix: str,
-                   settings: PruneSettings, device: torch.device, index: int) -> tuple[dict[str, dict], BlockInputs, float]:
+                   settings: PruneSettings, device: torch.device, index: int,
+                   reduce=None) -> tuple[dict[str, dict], BlockInputs, float]:
     """Each named linear's (kept, relative error) at its curve grid, its size and dense energy
-    tr(Ŵ H Ŵᵀ), from the dense block's H; the block's outputs; the solves' seconds."""
-    hessians, groups, outputs = collect_hessians(block, inputs, device, keep_outputs=True, index=index)
+    tr(Ŵ H Ŵᵀ), from the dense block's H; the block's outputs; the solves' seconds. ``reduce``: as
+    ``collect_hessians``' (the ranks' sums)."""
+    hessians, groups, outputs = collect_hessians(block, inputs, device, keep_outputs=True, index=index, reduce=reduce)
     linears = block_linears(block)
     solver_dev = settings.solve_device
     out: dict[str, dict] = {}
@@ -161,10 +164,13 @@ def measure_curves(block: nn.Module, inputs: BlockInputs, names: list[str], plan
 
 
 def allocate_sparsity(model: nn.Module, store, calib: torch.Tensor, settings: PruneSettings, plans: dict[str, dict],
-                      progress: bool = True) -> dict:
+                      progress: bool = True, world: World | None = None) -> dict:
     """The profile's per-layer sparsities: ``{"profile", "sparsities": {full name: s}, "info": {…}}``.
 
-    Runs the dense pre-pass (above) on ``store``'s blocks; the model must not be pruned yet.
+    Runs the dense pre-pass (above) on ``store``'s blocks; the model must not be pruned yet. With
+    several ranks (``world``) each runs its shard of the calibration mini-batches, as the run does,
+    and the statistics (OWL's ‖X_j‖², the curves' H) are summed over the ranks in rank order, so
+    every rank computes the same allocation from the whole calibration set.
     ``info`` holds the free layers' target and allocated kept counts, the pre-pass seconds, and
     OWL's ratios per block or the curves' points, weighting, objective and solve seconds.
     """
@@ -178,13 +184,16 @@ def allocate_sparsity(model: nn.Module, store, calib: torch.Tensor, settings: Pr
         info["note"] = "every pruned layer has its own sparsity or an N:M pattern: nothing to allocate"
         return {"profile": profile, "sparsities": {}, "info": info}
     device = torch.device(settings.device)
-    inputs = capture_inputs(model, calib, settings.batch_size, device, settings.activations)
+    world = world or World()
+    inputs = capture_inputs(model, world.shard_ids(calib, settings.batch_size), settings.batch_size, device,
+                            settings.activations)
     by_block: list[tuple[int, list[str]]] = []
     owl_ratios: dict[int, float] = {}
     curves: dict[str, dict] = {}
     shapes: dict[str, tuple[int, int]] = {}
     solve_seconds = 0.0
-    for index in tqdm(range(len(store)), desc=f"{profile} pre-pass", unit="block", disable=not progress):
+    for index in tqdm(range(len(store)), desc=f"{profile} pre-pass", unit="block",
+                      disable=not (progress and world.is_main)):
         prefix = store.prefix(index)
         names = [n[len(prefix):] for n in free if n.startswith(prefix)]
         with store.on(index, device) as block:
@@ -196,10 +205,12 @@ def allocate_sparsity(model: nn.Module, store, calib: torch.Tensor, settings: Pr
             shapes.update({prefix + n: tuple(lins[n].weight.shape) for n in names})
             if profile == "owl":
                 norms, inputs = column_sq_norms(block, inputs, names)
+                world.sum_in_order([norms[n] for n in names])  # the ranks' shards, in rank order (alone: as is)
                 owl_ratios[index] = block_outlier_ratio(block, norms, names, settings.owl_m)
                 del norms
             else:
-                measured, inputs, seconds = measure_curves(block, inputs, names, plans, prefix, settings, device, index)
+                measured, inputs, seconds = measure_curves(block, inputs, names, plans, prefix, settings, device, index,
+                                                           reduce=world.reduce_accumulators if world.size > 1 else None)
                 curves.update({prefix + n: rec for n, rec in measured.items()})
                 solve_seconds += seconds
     del inputs

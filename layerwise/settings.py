@@ -67,9 +67,9 @@ class PruneSettings:
     sparsity_profile : how ``sparsity`` is spread over the layers (``layerwise.allocation``): "uniform"
         (every layer at it), "owl" (outlier-weighted per block) or "curve" (measured error curves);
         the free layers keep exactly round((1 − s)·their weights) together; not with N:M patterns.
-        None (the default; ``validate`` fills it in): "owl" with the unstructured pattern, where it was
-        measured to pay on top of the other defaults (BENCHMARKS.md, "Levers beyond ALPS"), "uniform"
-        with row and N:M patterns.
+        None (the default; ``validate`` fills it in, ``allocation.default_profile``): "owl" with the
+        unstructured pattern and the dense target, where it was measured to pay (BENCHMARKS.md, "Levers
+        beyond ALPS"; with the pruned target it hurt), "uniform" otherwise (row and N:M patterns).
     owl_m, owl_lmbda : OWL's outlier threshold M (× the mean Wanda score) and λ (blocks within s ± 2λ).
     curve_offsets : the sparsities s + offset (those in [0, 1)) each layer's curve is measured at.
     curve_weighting : the curve objective Σ w_ℓ·e_ℓ: "relative" (w = 1), "size" (w ∝ weights), "objective"
@@ -180,9 +180,13 @@ class PruneSettings:
                                  f"--sequential block --target pruned (got sequential={self.sequential!r}, "
                                  f"target={self.target!r})")
         if self.sparsity_profile is None:
-            self.sparsity_profile = default_profile(self.pattern)
+            self.sparsity_profile = default_profile(self.pattern, self.target)
         self.curve_offsets = check_profile(self.sparsity_profile, self.pattern, self.owl_m, self.owl_lmbda,
                                            self.curve_offsets, self.curve_weighting)
+        if self.hessian_shards and self.sparsity_profile != "uniform":
+            raise LayerwiseError(f"hessian_shards reproduces a torchrun run's sums with the uniform profile only (a "
+                                 f"profile's pre-pass is summed over the ranks): use --sparsity-profile uniform (got "
+                                 f"{self.sparsity_profile!r})")
 
     def layer(self, plan: dict, where: str = "") -> tuple[str, dict, float, str]:
         """(method, options, sparsity, pattern) of a layer whose override values are ``plan`` (the one

@@ -185,7 +185,17 @@ def _prune_one(method: str, settings: dict, world_checkpoint: dict | None = None
 
 
 def _job_prune(world: World, job: dict) -> dict:
-    out = {}
+    out: dict = {}
+    if job.get("record_prepass"):  # the calibration rows each profile pre-pass captures on this rank
+        import layerprune.layerwise.profiles as profiles
+
+        real, out["prepass_rows"] = profiles.capture_inputs, []
+
+        def spy(model, ids, *args, **kwargs):
+            out["prepass_rows"].append(int(ids.shape[0]))
+            return real(model, ids, *args, **kwargs)
+
+        profiles.capture_inputs = spy
     for method in job["methods"]:
         out[method] = _prune_one(method, dict(job["settings"]), no_stack=job.get("no_stack", False))
     return out
@@ -440,6 +450,29 @@ def test_two_ranks_with_sequential_groups_and_dense_targets_equal_one_process(tm
         for e, p in zip(log0["layers"], log_one["layers"]):
             assert e["layer"] == p["layer"]
             assert e["relative_error"] == pytest.approx(p["relative_error"], rel=1e-4, abs=1e-9), (method, e["layer"])
+        # the default profile here is OWL: its pre-pass ran on each rank's shard, the norms summed over the ranks
+        assert log0["sparsity_profile"] == log_one["sparsity_profile"] == "owl"
+        assert log0["allocation"]["sparsities"] == log_one["allocation"]["sparsities"], method
+        assert log0["allocation"]["info"]["owl"]["outlier_ratio"] == log_one["allocation"]["info"]["owl"]["outlier_ratio"]
+
+
+def test_two_ranks_measure_the_curves_on_their_shards(tmp_path):
+    """The curve profile's pre-pass on two ranks: each its shard of the calibration set, H summed in rank
+    order, so both ranks allocate alike, and as one process does (the H's float32 summation order aside)."""
+    settings = {"sparsity": 0.6, "batch_size": 1, "sparsity_profile": "curve", "curve_offsets": [-0.1, 0.0, 0.1]}
+    ranks = run_ranks(tmp_path, {"name": "prune", "methods": ("sparsegpt",), "settings": settings,
+                                 "record_prepass": True})
+    assert [r["prepass_rows"] for r in ranks] == [[2], [2]]  # 4 samples in batches of 1: each rank its half
+    one = _prune_one("sparsegpt", {**settings})[1]["allocation"]
+    a0, a1 = (r["sparsegpt"][1]["allocation"] for r in ranks)
+    assert a0["sparsities"] == a1["sparsities"] and a0["info"]["kept"] == one["info"]["kept"]
+    assert a0["sparsities"].keys() == one["sparsities"].keys()
+    for name, s in one["sparsities"].items():
+        assert abs(a0["sparsities"][name] - s) < 0.05, name
+    points0 = a0["info"]["curve"]["points"]
+    for name, pts in one["info"]["curve"]["points"].items():  # the measured errors, to float32 summation order
+        assert [p[:2] for p in points0[name]] == [p[:2] for p in pts]
+        assert [p[2] for p in points0[name]] == pytest.approx([p[2] for p in pts], rel=1e-3, abs=1e-9), name
 
 
 def test_hessian_shards_with_the_default_levers_is_refused_up_front():
@@ -450,4 +483,7 @@ def test_hessian_shards_with_the_default_levers_is_refused_up_front():
 
     with pytest.raises(LayerwiseError, match="--sequential block --target pruned"):
         PruneSettings(sparsity=0.5, hessian_shards=2).validate()
-    PruneSettings(sparsity=0.5, hessian_shards=2, sequential="block", target="pruned").validate()
+    PruneSettings(sparsity=0.5, hessian_shards=2, sequential="block", target="pruned").validate()  # uniform by default
+    with pytest.raises(LayerwiseError, match="--sparsity-profile uniform"):  # a profile's pre-pass is summed over ranks
+        PruneSettings(sparsity=0.5, hessian_shards=2, sequential="block", target="pruned",
+                      sparsity_profile="owl").validate()

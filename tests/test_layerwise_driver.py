@@ -40,6 +40,17 @@ def _outside_blocks(model):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_the_default_profile_keeps_the_model_wide_count_on_every_family(family, calib):
+    model = tiny_model(family)
+    log = prune_model(model, calib, PruneSettings(method="sparsegpt", sparsity=0.6, batch_size=3), progress=False)
+    assert log["sparsity_profile"] == "owl" and log["allocation"]["profile"] == "owl"
+    weights = [lin.weight for lin in _linears(model).values()]
+    assert sum(int((w != 0).sum()) for w in weights) == round(0.4 * sum(w.numel() for w in weights))
+    for e in log["layers"]:
+        assert e["kept"] == e["target_kept"] and 0 <= e["target_sparsity"] < 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_every_linear_is_pruned_to_the_exact_target(family, calib, stream, tmp_path):
     from transformers import AutoModelForCausalLM
 

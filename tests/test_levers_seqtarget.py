@@ -321,7 +321,7 @@ def test_dense_target_first_group_equals_the_pruned_target(calib):
     for target in ("pruned", "dense"):
         model = tiny_model("llama", layers=2)
         log = prune_model(model, calib, PruneSettings(method="sparsegpt", sparsity=0.6, batch_size=3, target=target,
-                                                      sequential="block"), progress=False)
+                                                      sequential="block", sparsity_profile="uniform"), progress=False)
         runs[target] = (block_linears(find_blocks(model)[1][0]), log)
     for name in QKV:  # X_p = X_d there: today's problem exactly
         assert torch.equal(runs["pruned"][0][name].weight, runs["dense"][0][name].weight), name
@@ -463,7 +463,7 @@ def test_demo_rows_per_lever(tmp_path, capsys):
     assert main(["demo", "--model", str(tmp_path / "tiny"), "--calib", kw["calib"], "--text", kw["text"],
                  "--nsamples", "4", "--seqlen", str(SEQLEN), "--eval-tokens", "512", "--quiet", "--methods", "magnitude",
                  "--settings", "0.5", "--levers", "block:pruned"]) == 0
-    assert "| 0.5 unstructured block/pruned/owl | magnitude | 0.50 |" in capsys.readouterr().out
+    assert "| 0.5 unstructured block/pruned/uniform | magnitude | 0.50 |" in capsys.readouterr().out  # pruned: uniform
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "opt", "gpt_neox"])
