@@ -114,7 +114,7 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity-profile", dest="sparsity_profile", default=None,
                    help="spread --sparsity over the layers: uniform, owl (outlier-weighted per block) or curve "
                         "(measured error curves); the model-wide count is kept exact (default: owl with the unstructured "
-                        "pattern, uniform with row and N:M)")
+                        "pattern and the dense target, uniform otherwise)")
     p.add_argument("--owl-m", dest="owl_m", type=float, default=None,
                    help=f"OWL: a score is an outlier above M × the block's mean (default {d.owl_m:g})")
     p.add_argument("--owl-lmbda", dest="owl_lmbda", type=float, default=None,
@@ -267,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="also write the results as JSON here (rewritten after every row)")
     p.add_argument("--levers", default=None,
                    help="rows for several levers SEQUENTIAL:TARGET[:PROFILE], e.g. block:pruned:uniform,groups:dense "
-                        f"(default {PRUNE_DEFAULTS.sequential}:{PRUNE_DEFAULTS.target} with the pattern's default profile: "
-                        "owl for unstructured, uniform otherwise)")
+                        f"(default {PRUNE_DEFAULTS.sequential}:{PRUNE_DEFAULTS.target}; no PROFILE: the default one, owl "
+                        "with unstructured and the dense target, uniform otherwise)")
     p.add_argument("--quiet", action="store_true")
     _add_device(p, threads=1)  # one thread is 2-3x faster on a shared 2-core machine (layerwise/threads.py)
     return parser
