@@ -111,7 +111,7 @@ def run_prune(
         compression = Compression.from_run(record) if s.save_format == "compressed" else None
         record["save_format"] = compression.format if compression is not None else "dense"
         record["host_peak_gib"] = host_peak_gib()  # the process's peak so far (the output's shards are links)
-        record["sparsity_plot"] = sparsity_plot_name(s)
+        record["sparsity_plot"] = sparsity_plot_name(s, record.get("allocation"))
         text = json.dumps(record, indent=1)
 
         def write() -> None:
@@ -138,12 +138,13 @@ def run_prune(
 SPARSITY_PLOT = "layer_sparsity.png"
 
 
-def sparsity_plot_name(s: PruneSettings) -> str | None:
+def sparsity_plot_name(s: PruneSettings, allocation: dict | None) -> str | None:
     """The per-layer sparsity plot a run with a profile writes beside its run log (``SPARSITY_PLOT``);
-    None for a uniform run, and without matplotlib (the ``reports`` extra)."""
+    None for a uniform run, where the profile allocated no layer (``allocation``, the run log's:
+    every layer has its own sparsity), and without matplotlib (the ``reports`` extra)."""
     import importlib.util
 
-    if s.sparsity_profile == "uniform":
+    if s.sparsity_profile == "uniform" or not (allocation or {}).get("sparsities"):
         return None
     if importlib.util.find_spec("matplotlib") is None:
         return None

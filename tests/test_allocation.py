@@ -406,6 +406,19 @@ def test_command_line_profile_writes_the_plot_and_an_exact_count(tmp_path, capsy
     assert "N:M" in capsys.readouterr().err
     assert main(base + ["--sparsity", "0.7", "--sparsity-profile", "uniformm"]) == 2
     assert "did you mean 'uniform'" in capsys.readouterr().err
+    # the default profile (OWL) with every layer given its own sparsity: nothing allocated, so no plot
+    capsys.readouterr()
+    assert main(base + ["--sparsity", "0.7", "--recipe", _recipe(tmp_path, "overrides:\n  - targets: ['re:.*']\n"
+                                                                         "    sparsity: 0.6\n")]) == 0
+    run = json.loads((tmp_path / "other" / "layerprune_run.json").read_text())
+    assert run["sparsity_profile"] == "owl" and run["allocation"]["sparsities"] == {}
+    assert run["sparsity_plot"] is None and not (tmp_path / "other" / "layer_sparsity.png").exists()
+
+
+def _recipe(folder, text: str) -> str:
+    path = folder / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
 
 
 def test_python_api_and_recipe_take_the_profile(tmp_path):
