@@ -374,7 +374,8 @@ def _restore(linears: list, weights: list) -> None:
 
 def format_table(result: dict) -> str:
     """A Markdown table, one row per (setting, method): sparsity, perplexity (× dense), mean layer
-    relative error, pruning seconds; dense first."""
+    relative error, pruning seconds; dense first. A line above it names the levers of the rows whose
+    setting carries no lever label (the defaults)."""
     lines = [
         f"{result['model']}: calibration {result['nsamples']} × {result['seqlen']} tokens ({result['calib']}), "
         f"perplexity on {result['eval_tokens']} {result['text']} tokens in windows of {result['seqlen']}",
@@ -383,6 +384,14 @@ def format_table(result: dict) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         f"| — | dense | 0.00 | {result['dense_perplexity']:.2f} | 1.00 | — | — |",
     ]
+    plain = [r for r in result["rows"] if "sequential" in r and r["setting"] == setting_label(r["target_sparsity"],
+                                                                                                 r["pattern"])]
+    if plain:
+        r = plain[0]
+        blend = f" blended at {r['target_blend']:g}" if r.get("target_blend") is not None else ""
+        profiles = "/".join(dict.fromkeys(str(p.get("sparsity_profile")) for p in plain))
+        lines.insert(1, f"rows without a lever label: sequential {r['sequential']}, target {r['target']}{blend}, "
+                        f"sparsity profile {profiles}")
     for r in result["rows"]:
         lines.append(
             f"| {r['setting']} | {r['method']} | {r['sparsity']:.2f} | {r['perplexity']:.2f} | "
