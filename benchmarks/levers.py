@@ -114,6 +114,7 @@ def main() -> None:
         print_table(load_rows(a.table))
         return
 
+    from layerprune.layerwise.allocation import profile_at
     from layerprune.layerwise.api import prune
     from layerprune.layerwise.data import calibration_segments, evaluation_windows
     from layerprune.layerwise.driver import Checkpoint
@@ -129,10 +130,9 @@ def main() -> None:
         for sparsity, pattern in parse_settings(a.settings):
             for lever in a.levers.split(","):
                 fields = lever_fields(lever)
-                if ":" in pattern and fields["sparsity_profile"] != "uniform":  # N:M stays uniform
-                    fields["sparsity_profile"] = "uniform"
-                    if lever != "base" and fields == BASE:
-                        continue  # the row would repeat the base row
+                fields["sparsity_profile"] = profile_at(fields["sparsity_profile"], pattern)  # N:M stays uniform
+                if lever != "base" and fields == BASE:
+                    continue  # the row would repeat the base row
                 plan.append((lever, method, sparsity, pattern, fields))
     plan = plan[shard::shards]
     done = {row_key(r) for r in load_rows([a.output] if a.output else [])}

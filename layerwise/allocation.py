@@ -283,6 +283,14 @@ def default_profile(pattern: str, target: str) -> str:
     return "owl" if parse_pattern(pattern).kind == "unstructured" and target == "dense" else "uniform"
 
 
+def profile_at(profile: str | None, pattern: str) -> str | None:
+    """The profile a comparison row asks for (None: the default) as run at ``pattern``: "uniform" for an
+    N:M pattern, whatever was asked (N:M fixes every layer at 1 − N/M), else ``profile`` as it is."""
+    from layerprune.problems import parse_pattern
+
+    return "uniform" if profile is not None and parse_pattern(pattern).kind == "nm" else profile
+
+
 def check_profile(profile: str, pattern: str, owl_m: float, owl_lmbda: float, offsets: Sequence[float],
                   weighting: str) -> tuple[float, ...]:
     """The profile settings checked (a ``LayerwiseError`` naming the bad one); returns the curve

@@ -18,6 +18,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from layerprune.layerwise.allocation import profile_at
 from layerprune.layerwise.api import prune
 from layerprune.layerwise.checks import check_at_least, check_output_file, check_output_folder, check_torch_device
 from layerprune.layerwise.compressed import Compression, check_save_format
@@ -293,15 +294,15 @@ def run_demo(
     for sp, pat in pairs:
         for lever in (levers or [default_levers]):
             seq, tgt, profile = (*lever, None)[:3]
-            if profile is not None and ":" in str(pat):
-                profile = "uniform"  # N:M fixes every layer's sparsity (the hardware format)
+            profile = profile_at(profile, pat)
             for m in methods:
                 s = PruneSettings(method=m, sparsity=sp, pattern=pat, device=device, batch_size=batch_size, calib=calib,
                                   text_field=text_field, nsamples=nsamples, seqlen=seqlen, seed=seed, eval_text=None,
                                   sequential=seq, target=tgt, sparsity_profile=profile)
                 s.validate()
-                tag = "" if (seq, tgt, profile) == default_levers else f" {seq}/{tgt}/{s.sparsity_profile}"
-                runs.append((setting_label(s.sparsity, s.pattern) + tag, s))
+                plain = (seq, tgt, profile) == default_levers
+                tag = "" if plain else f" {seq}/{tgt}/{s.sparsity_profile}"
+                runs.append((setting_label(s.sparsity, s.pattern) + tag, s, plain))
     if not runs:
         raise LayerwiseError("no methods given")
     check_at_least("eval_batch_size", eval_batch_size, 1)
@@ -331,13 +332,13 @@ def run_demo(
     result: dict[str, Any] = {
         "model": model, "calib": str(calib), "text": str(text), "blocks": len(blocks), "nsamples": nsamples,
         "seqlen": seqlen, "eval_tokens": used, "bos": bos is not None, "bos_id": bos, "device": str(device), "methods": list(methods),
-        "settings": list(dict.fromkeys(label for label, _ in runs)), "dense_perplexity": dense, "rows": [],
+        "settings": list(dict.fromkeys(label for label, _, _ in runs)), "dense_perplexity": dense, "rows": [],
         "complete": False, "minutes_total": (time.perf_counter() - t0) / 60,
     }
     if output is not None:
         atomic_write_json(output, result)
     try:
-        for label, s in runs:
+        for label, s, plain in runs:
             t = time.perf_counter()
             run = prune(net, tokenizer, settings=s, calib_ids=ids, progress=progress).log  # perplexity: below, one stream
             ppl = perplexity(net, stream, seqlen, device=device, batch_size=eval_batch_size)
@@ -346,7 +347,8 @@ def run_demo(
                    "sparsity": run["sparsity"], "perplexity": ppl, "ratio": ppl / dense,
                    "mean_relative_error": run["mean_relative_error"], "prune_seconds": run["seconds"],
                    "unconverged_layers": run["unconverged_layers"], "minutes": minutes, "layers": run["layers"],
-                   "sequential": s.sequential, "target": s.target, "sparsity_profile": s.sparsity_profile,
+                   "default_levers": plain, "sequential": s.sequential, "target": s.target,
+                   "sparsity_profile": s.sparsity_profile,
                    "target_blend": s.target_blend if s.target == "dense" else None}
             result["rows"].append(row)
             result["minutes_total"] = (time.perf_counter() - t0) / 60
@@ -384,8 +386,7 @@ def format_table(result: dict) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         f"| — | dense | 0.00 | {result['dense_perplexity']:.2f} | 1.00 | — | — |",
     ]
-    plain = [r for r in result["rows"] if "sequential" in r and r["setting"] == setting_label(r["target_sparsity"],
-                                                                                                 r["pattern"])]
+    plain = [r for r in result["rows"] if r.get("default_levers")]
     if plain:
         r = plain[0]
         blend = f" blended at {r['target_blend']:g}" if r.get("target_blend") is not None else ""

@@ -210,7 +210,7 @@ def allocate_sparsity(model: nn.Module, store, calib: torch.Tensor, settings: Pr
                 del norms
             else:
                 measured, inputs, seconds = measure_curves(block, inputs, names, plans, prefix, settings, device, index,
-                                                           reduce=world.reduce_accumulators if world.size > 1 else None)
+                                                           reduce=world.reduce_accumulators)  # a no-op alone
                 curves.update({prefix + n: rec for n, rec in measured.items()})
                 solve_seconds += seconds
     del inputs

@@ -99,7 +99,6 @@ class CrossAccumulator:
 
     def add(self, x_p: Any, x_d: Any) -> None:
         """C += x_pᵀ x_d for x_p, x_d (..., in) of the same shape."""
-
         if tuple(x_p.shape) != tuple(x_d.shape):
             raise ValueError(f"paired inputs differ in shape: {tuple(x_p.shape)} and {tuple(x_d.shape)}")
         x_p = x_p.detach().reshape(-1, x_p.shape[-1]).to(device=self.C.device)
