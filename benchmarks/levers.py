@@ -13,8 +13,9 @@ A lever ``dense@0.25`` is the dense target blended: each layer fits 0.75·X_p Ŵ
 too small to fill it); ``--output`` is rewritten after every row and rows already in it are skipped, so a
 run cut short continues where it stopped. ``--table A.json B.json …`` prints the table of finished rows
 (perplexity and pruning seconds per lever, for each method and setting). A lever that names a sparsity
-profile runs without it at N:M settings (those stay uniform), and is skipped there when the profile is all it sets. Seconds from processes sharing a GPU are
-inflated by the sharing: compare them within one run only.
+profile runs without it at N:M settings (those stay uniform); a row that makes a copy of an earlier row of the same
+method and setting (``groups+dense+owl`` after ``groups+dense`` at 2:4) or of the base row is skipped. Seconds from
+processes sharing a GPU are inflated by the sharing: compare them within one run only.
 
 ``--checkpoints DIR`` gives each row a per-block checkpoint folder under DIR (``prune(checkpoint=…)``), so a row
 longer than one process's time (the polish, the curve profile) continues from its last finished block when the
@@ -128,11 +129,13 @@ def main() -> None:
     plan = []  # in the order given: methods first, then settings, then levers
     for method in a.methods.split(","):
         for sparsity, pattern in parse_settings(a.settings):
+            planned: list[dict] = []
             for lever in a.levers.split(","):
                 fields = lever_fields(lever)
                 fields["sparsity_profile"] = profile_at(fields["sparsity_profile"], pattern)  # N:M stays uniform
-                if lever != "base" and fields == BASE:
-                    continue  # the row would repeat the base row
+                if fields in planned or (lever != "base" and fields == BASE):
+                    continue  # a copy of an earlier row of this method and setting, or of the base row
+                planned.append(fields)
                 plan.append((lever, method, sparsity, pattern, fields))
     plan = plan[shard::shards]
     done = {row_key(r) for r in load_rows([a.output] if a.output else [])}
