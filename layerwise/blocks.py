@@ -230,6 +230,7 @@ def non_finite_activation(index: int | None, members: list[str], rows: int, inpu
     )
 
 
+@torch.no_grad()  # kept outputs must not hold the forward's autograd graph (every activation of the block)
 def collect_hessians(
     block: nn.Module, inputs: BlockInputs, device: str | torch.device, keep_outputs: bool = False, *, share: bool = True,
     index: int | None = None, reduce: Callable[[dict[str, HessianAccumulator]], None] | None = None,
