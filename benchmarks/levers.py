@@ -14,8 +14,10 @@ too small to fill it); ``--output`` is rewritten after every row and rows alread
 run cut short continues where it stopped. ``--table A.json B.json …`` prints the table of finished rows
 (perplexity and pruning seconds per lever, for each method and setting). A lever that names a sparsity
 profile runs without it at N:M settings (those stay uniform); a row that makes a copy of an earlier row of the same
-method and setting (``groups+dense+owl`` after ``groups+dense`` at 2:4) or of the base row is skipped. Seconds from
-processes sharing a GPU are inflated by the sharing: compare them within one run only.
+method and setting (``groups+dense+owl`` after ``groups+dense`` at 2:4) or of the base row is skipped, with a
+line saying so (the first name listed keeps the row). Shards take rows by position in the plan after those skips,
+so resume a sharded run with the code that planned it (other code can hand a shard rows another shard's file
+already holds). Seconds from processes sharing a GPU are inflated by the sharing: compare them within one run only.
 
 ``--checkpoints DIR`` gives each row a per-block checkpoint folder under DIR (``prune(checkpoint=…)``), so a row
 longer than one process's time (the polish, the curve profile) continues from its last finished block when the
@@ -61,6 +63,32 @@ def lever_fields(names: str) -> dict:
             except ValueError:
                 sys.exit(f"levers.py: {name!r}: the blend after '@' must be a number in (0, 1]")
     return fields
+
+
+def plan_rows(methods: str, settings: str, levers: str) -> tuple[list[tuple], list[str]]:
+    """The rows (lever, method, sparsity, pattern, fields) in the order given (methods, then settings, then
+    levers), and a line per row skipped: at N:M a profile falls back to uniform (``profile_at``), so a lever
+    can come out as a copy of an earlier row of the same method and setting, or of the base row."""
+    from layerprune.layerwise.allocation import profile_at
+    from layerprune.layerwise.pipeline import parse_settings
+
+    plan, skipped = [], []
+    for method in methods.split(","):
+        for sparsity, pattern in parse_settings(settings):
+            planned: dict[str, dict] = {}  # lever name → fields, this method and setting
+            for lever in levers.split(","):
+                fields = lever_fields(lever)
+                fields["sparsity_profile"] = profile_at(fields["sparsity_profile"], pattern)  # N:M stays uniform
+                same = next((name for name, f in planned.items() if f == fields), None)
+                if same is None and lever != "base" and fields == BASE:
+                    same = "base"
+                if same is not None:
+                    skipped.append(f"{lever} {method} {sparsity if pattern == 'unstructured' else pattern}: "
+                                   f"the same fields as {same}, skipped")
+                    continue
+                planned[lever] = fields
+                plan.append((lever, method, sparsity, pattern, fields))
+    return plan, skipped
 
 
 def row_key(row: dict) -> tuple:
@@ -115,28 +143,19 @@ def main() -> None:
         print_table(load_rows(a.table))
         return
 
-    from layerprune.layerwise.allocation import profile_at
     from layerprune.layerwise.api import prune
     from layerprune.layerwise.data import calibration_segments, evaluation_windows
     from layerprune.layerwise.driver import Checkpoint
     from layerprune.layerwise.models import block_linears, find_blocks, load_model
     from layerprune.layerwise.perplexity import perplexity
-    from layerprune.layerwise.pipeline import parse_settings, setting_label
+    from layerprune.layerwise.pipeline import setting_label
     from layerprune.layerwise.settings import PruneSettings
     from layerprune.problems.atomic import atomic_write_json
 
     shard, shards = map(int, a.shard.split("/"))
-    plan = []  # in the order given: methods first, then settings, then levers
-    for method in a.methods.split(","):
-        for sparsity, pattern in parse_settings(a.settings):
-            planned: list[dict] = []
-            for lever in a.levers.split(","):
-                fields = lever_fields(lever)
-                fields["sparsity_profile"] = profile_at(fields["sparsity_profile"], pattern)  # N:M stays uniform
-                if fields in planned or (lever != "base" and fields == BASE):
-                    continue  # a copy of an earlier row of this method and setting, or of the base row
-                planned.append(fields)
-                plan.append((lever, method, sparsity, pattern, fields))
+    plan, skipped = plan_rows(a.methods, a.settings, a.levers)
+    for line in skipped:
+        print(line, flush=True)
     plan = plan[shard::shards]
     done = {row_key(r) for r in load_rows([a.output] if a.output else [])}
     result = json.loads(Path(a.output).read_text()) if a.output and Path(a.output).is_file() else {"rows": []}

@@ -190,11 +190,11 @@ def same_input(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-@torch.no_grad()
 def _block_name(index: int | None) -> str:
     return "the block" if index is None else f"block {index}"
 
 
+@torch.no_grad()
 def check_finite_parameters(block: nn.Module, index: int | None = None) -> None:
     """LayerwiseError naming the block and the layer (or parameter) when a weight holds NaN/Inf.
 
@@ -230,7 +230,8 @@ def non_finite_activation(index: int | None, members: list[str], rows: int, inpu
     )
 
 
-@torch.no_grad()  # kept outputs must not hold the forward's autograd graph (every activation of the block)
+# kept outputs feed the next block: with autograd on they would chain the graph of every block so far
+@torch.no_grad()
 def collect_hessians(
     block: nn.Module, inputs: BlockInputs, device: str | torch.device, keep_outputs: bool = False, *, share: bool = True,
     index: int | None = None, reduce: Callable[[dict[str, HessianAccumulator]], None] | None = None,

@@ -54,6 +54,7 @@ def parse_blocks(spec: str | Iterable[int], n_blocks: int) -> list[int]:
     return sorted(out)
 
 
+@torch.no_grad()
 def capture_problems(
     model: nn.Module,
     calib: torch.Tensor,

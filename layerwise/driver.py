@@ -373,6 +373,7 @@ def unconverged(layers: list[dict]) -> int:
 
 
 
+@torch.no_grad()
 def prune_model(
     model: nn.Module,
     calib: torch.Tensor,

@@ -283,8 +283,8 @@ def test_one_hessian_per_distinct_input(family, calib):
         assert torch.allclose(hessians[name].double(), H64, rtol=1e-5, atol=1e-5 * float(H64.abs().max())), name
     expected_out = run_block(block, inputs)
     assert all(torch.equal(a, b) for a, b in zip(outputs.hidden, expected_out.hidden))
-    # a model loaded for training keeps requires_grad on its weights: the kept outputs must still hold no
-    # autograd graph (one held the block's every activation per mini-batch: 130 GiB on SmolLM2's curve pre-pass)
+    # a model loaded whole keeps requires_grad on its weights: the kept outputs (the next block's inputs) must
+    # still hold no autograd graph (chained over the blocks, it held 131.5 GiB on SmolLM2's GPU curve pre-pass)
     assert all(p.requires_grad for p in block.parameters())
     assert all(h.grad_fn is None and not h.requires_grad for h in outputs.hidden)
 

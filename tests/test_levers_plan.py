@@ -1,0 +1,41 @@
+"""benchmarks/levers.py's plan: which (lever, method, setting) rows run, and which are skipped as copies."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "levers.py"
+
+
+@pytest.fixture(scope="module")
+def levers():
+    spec = importlib.util.spec_from_file_location("levers_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def names(plan) -> list[tuple[str, str, str]]:
+    return [(lever, method, pattern if pattern != "unstructured" else str(sparsity)) for lever, method, sparsity, pattern, _ in plan]
+
+
+def test_profile_only_lever_at_nm_is_skipped_as_a_copy(levers):
+    plan, skipped = levers.plan_rows("alps", "0.7,2:4", "base,groups+dense,groups+dense+owl,owl")
+    assert names(plan) == [("base", "alps", "0.7"), ("groups+dense", "alps", "0.7"), ("groups+dense+owl", "alps", "0.7"),
+                           ("owl", "alps", "0.7"), ("base", "alps", "2:4"), ("groups+dense", "alps", "2:4")]
+    assert skipped == ["groups+dense+owl alps 2:4: the same fields as groups+dense, skipped",
+                       "owl alps 2:4: the same fields as base, skipped"]
+    nm = {lever: fields for lever, _, _, pattern, fields in plan if pattern != "unstructured"}
+    assert nm["groups+dense"]["sparsity_profile"] == "uniform"
+
+
+def test_copies_are_per_method_and_setting_and_base_is_kept_once(levers):
+    plan, skipped = levers.plan_rows("alps,sparsegpt", "0.5", "owl,base,dense,dense@0.25,base")
+    assert names(plan) == [("owl", "alps", "0.5"), ("base", "alps", "0.5"), ("dense", "alps", "0.5"),
+                           ("owl", "sparsegpt", "0.5"), ("base", "sparsegpt", "0.5"), ("dense", "sparsegpt", "0.5")]
+    assert len(skipped) == 4 and all("dense@0.25" in line or line.startswith("base ") for line in skipped)
+    # a different blend is a different row
+    plan, skipped = levers.plan_rows("alps", "0.5", "dense,dense@0.1")
+    assert [p[0] for p in plan] == ["dense", "dense@0.1"] and skipped == []
+    assert plan[1][4]["target_blend"] == 0.1
