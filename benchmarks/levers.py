@@ -70,7 +70,7 @@ def plan_rows(methods: str, settings: str, levers: str) -> tuple[list[tuple], li
     levers), and a line per row skipped: at N:M a profile falls back to uniform (``profile_at``), so a lever
     can come out as a copy of an earlier row of the same method and setting, or of the base row."""
     from layerprune.layerwise.allocation import profile_at
-    from layerprune.layerwise.pipeline import parse_settings
+    from layerprune.layerwise.pipeline import parse_settings, setting_label
 
     plan, skipped = [], []
     for method in methods.split(","):
@@ -83,8 +83,7 @@ def plan_rows(methods: str, settings: str, levers: str) -> tuple[list[tuple], li
                 if same is None and lever != "base" and fields == BASE:
                     same = "base"
                 if same is not None:
-                    skipped.append(f"{lever} {method} {sparsity if pattern == 'unstructured' else pattern}: "
-                                   f"the same fields as {same}, skipped")
+                    skipped.append(f"{lever} {method} {setting_label(sparsity, pattern)}: the same fields as {same}, skipped")
                     continue
                 planned[lever] = fields
                 plan.append((lever, method, sparsity, pattern, fields))
