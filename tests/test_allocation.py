@@ -306,6 +306,27 @@ def test_curves_are_measured_on_the_dense_model_and_the_allocation_beats_uniform
     assert info["solve_seconds"] > 0
 
 
+def test_curve_prepass_carries_no_autograd_graph_from_block_to_block(calib, monkeypatch):
+    """The pre-pass feeds each block's kept outputs to the next: with the weights requiring grad (a model
+    loaded whole), those outputs must hold no graph, or it chains over the blocks (131.5 GiB on SmolLM2's GPU)."""
+    from layerprune.layerwise import profiles
+
+    real, seen = profiles.measure_curves, []
+
+    def spy(block, inputs, *a, **k):
+        seen.append(all(h.grad_fn is None and not h.requires_grad for h in inputs.hidden))
+        out = real(block, inputs, *a, **k)
+        seen.append(all(h.grad_fn is None and not h.requires_grad for h in out[1].hidden))
+        return out
+
+    monkeypatch.setattr(profiles, "measure_curves", spy)
+    model = tiny_model("llama", layers=3)
+    assert all(p.requires_grad for p in model.parameters())
+    prune_model(model, calib, PruneSettings(**{**FAST, "sparsity_profile": "curve", "curve_offsets": (-0.1, 0, 0.1)}),
+                progress=False)
+    assert seen == [True] * 6  # three blocks, their inputs and outputs
+
+
 def test_overrides_keep_their_sparsity_and_the_profile_spreads_the_rest(calib):
     overrides = [{"targets": ["re:.*down_proj$"], "sparsity": 0.5}, {"targets": ["re:.*\\.0\\.self_attn\\.q_proj$"],
                                                                     "pattern": "2:4"}]
