@@ -276,7 +276,7 @@ def curve_grid(sparsity: float, offsets: Sequence[float]) -> list[float]:
 # -- settings ------------------------------------------------------------------------------
 def default_profile(pattern: str, target: str) -> str:
     """The profile a run takes when none is given: "owl" for the unstructured pattern with the dense
-    target (measured to pay on top of the blended target, and to hurt without it: BENCHMARKS.md),
+    target (measured to pay on top of the blended target at every setting, and mixed without it: BENCHMARKS.md),
     "uniform" otherwise (row: not measured; N:M: the hardware format)."""
     from layerprune.problems import parse_pattern
 

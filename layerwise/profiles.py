@@ -120,7 +120,6 @@ def block_outlier_ratio(block: nn.Module, norms: dict[str, torch.Tensor], names:
     return sum(int((scores(n) > threshold).sum()) for n in names) / count
 
 
-@torch.no_grad()
 def measure_curves(block: nn.Module, inputs: BlockInputs, names: list[str], plans: dict[str, dict], prefix: str,
                    settings: PruneSettings, device: torch.device, index: int,
                    reduce=None) -> tuple[dict[str, dict], BlockInputs, float]:
@@ -164,7 +163,6 @@ def measure_curves(block: nn.Module, inputs: BlockInputs, names: list[str], plan
     return out, outputs, seconds
 
 
-@torch.no_grad()
 def allocate_sparsity(model: nn.Module, store, calib: torch.Tensor, settings: PruneSettings, plans: dict[str, dict],
                       progress: bool = True, world: World | None = None) -> dict:
     """The profile's per-layer sparsities: ``{"profile", "sparsities": {full name: s}, "info": {…}}``.

@@ -69,7 +69,7 @@ class PruneSettings:
         the free layers keep exactly round((1 − s)·their weights) together; not with N:M patterns.
         None (the default; ``validate`` fills it in, ``allocation.default_profile``): "owl" with the
         unstructured pattern and the dense target, where it was measured to pay (BENCHMARKS.md, "Levers
-        beyond ALPS"; with the pruned target it hurt), "uniform" otherwise (row and N:M patterns).
+        beyond ALPS"; with the pruned target it was mixed), "uniform" otherwise (row and N:M patterns).
     owl_m, owl_lmbda : OWL's outlier threshold M (× the mean Wanda score) and λ (blocks within s ± 2λ).
     curve_offsets : the sparsities s + offset (those in [0, 1)) each layer's curve is measured at.
     curve_weighting : the curve objective Σ w_ℓ·e_ℓ: "relative" (w = 1), "size" (w ∝ weights), "objective"
