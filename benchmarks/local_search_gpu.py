@@ -9,7 +9,9 @@ of the per-layer ratios to plain ALPS and to SparseGPT, and the ratio of total s
 Variants: ``alps`` (``local_search=False``), ``alps-ls`` (ALPS's own ``local_search=True``: moves between
 rows / swaps in rows before its refit), ``alps-polish`` (plain ALPS then ``solve(..., polish=True)``),
 ``alps-ls-joint`` (ALPS then moves and swaps alternated to a joint local optimum, ``solvers.polish.polish``
-with ``rounds=10``), ``sparsegpt``, ``sparsegpt-polish``. ``--synthetic OUTxIN,...`` adds synthetic
+with ``rounds=10``), ``sparsegpt``, ``sparsegpt-polish``; ``alps-polish@N`` / ``sparsegpt-polish@N``: the
+polish in rounds of N moves (``solvers.polish.polish(moves_per_round=N)``; the plain variants use
+``MOVES_PER_ROUND``), timed on the cached plain answer plus its seconds. ``--synthetic OUTxIN,...`` adds synthetic
 problems of those shapes (``problems.builders.synthetic_problem``, built on the device; LLaMA-3-8B:
 4096x4096 attention, 14336x4096 gate/up, 4096x14336 down).
 """
@@ -29,33 +31,51 @@ from layerprune.problems.builders import synthetic_problem
 from layerprune.solvers.polish import polish
 
 VARIANTS = ["alps", "alps-ls", "alps-ls-joint", "sparsegpt", "sparsegpt-polish"]
+KNOWN = VARIANTS + ["alps-polish"]  # and METHOD-polish@N (alps, sparsegpt): the polish in rounds of N moves
+PLAIN = {"alps": {"local_search": False}, "sparsegpt": {}}  # the methods' answers the polish starts from
+
+
+def check_variant(name: str) -> None:
+    """SystemExit naming ``name`` unless it is a known variant or METHOD-polish@N (N a positive integer)."""
+    base, at, size = name.partition("@")
+    if (base in KNOWN and not at) or (base in ("alps-polish", "sparsegpt-polish") and size.isdigit() and int(size) > 0):
+        return
+    raise SystemExit(f"unknown variant {name!r}; known: {', '.join(KNOWN)}, and alps-polish@N / sparsegpt-polish@N "
+                     "(rounds of N moves)")
+
+
+def polished(base, p: LayerProblem, device: str, **options) -> tuple[float, float, dict]:
+    """(relative error, seconds, info) of ``solvers.polish.polish(**options)`` on ``base``'s answer; the
+    seconds include ``base``'s own."""
+    xp = xp_for(device)
+    q = p.on(xp)
+    synchronize(xp)
+    t0 = time.perf_counter()
+    W, mask, info = polish(q, xp.asarray(base.weight), xp.asarray(base.mask), xp, **options)
+    synchronize(xp)
+    return q.relative_error(W), base.seconds + time.perf_counter() - t0, info
 
 
 def run_variant(name: str, p: LayerProblem, device: str, cache: dict) -> tuple[float, float, dict]:
-    """(relative error, seconds, info) of one variant on ``p``."""
-    if name == "alps":
-        r = solve(p, "alps", device=device, local_search=False)
+    """(relative error, seconds, info) of one variant (``check_variant``) on ``p``; ``cache`` keeps the
+    plain ALPS and SparseGPT answers for the variants that polish them."""
+    def plain(method: str):
+        if method not in cache:
+            cache[method] = solve(p, method, device=device, **PLAIN[method])
+        return cache[method]
+
+    base, _, round_size = name.partition("@")
+    if round_size:  # METHOD-polish@N
+        return polished(plain(base.removesuffix("-polish")), p, device, moves_per_round=int(round_size))
+    if name == "alps-ls-joint":  # ALPS, then moves and swaps alternated to a joint local optimum
+        return polished(plain("alps"), p, device, rounds=10)
+    if name in ("alps", "sparsegpt"):
+        r = plain(name)
     elif name == "alps-ls":
         r = solve(p, "alps", device=device, local_search=True)
-    elif name == "alps-polish":
-        r = solve(p, "alps", device=device, local_search=False, polish=True)
-    elif name == "sparsegpt":
-        r = solve(p, "sparsegpt", device=device)
-    elif name == "sparsegpt-polish":
-        r = solve(p, "sparsegpt", device=device, polish=True)
-    elif name == "alps-ls-joint":  # ALPS, then moves and swaps alternated to a joint local optimum
-        base = cache.get("alps") or solve(p, "alps", device=device, local_search=False)
-        xp = xp_for(device)
-        q = p.on(xp)
-        synchronize(xp)
-        t0 = time.perf_counter()
-        W, mask, info = polish(q, xp.asarray(base.weight), xp.asarray(base.mask), xp, rounds=10)
-        synchronize(xp)
-        return q.relative_error(W), base.seconds + time.perf_counter() - t0, info
-    else:
-        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS + ['alps-polish'])}")
-    if name == "alps":
-        cache["alps"] = r
+    else:  # alps-polish, sparsegpt-polish: through solve(..., polish=True), as the pipeline runs it
+        method = name.removesuffix("-polish")
+        r = solve(p, method, device=device, polish=True, **PLAIN[method])
     return r.relative_error, r.seconds, {k: v for k, v in r.info.items() if "local" in k or "polish" in k}
 
 
@@ -84,8 +104,10 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    device = resolve_device(args.device)
     names = args.variants.split(",")
+    for name in names:
+        check_variant(name)
+    device = resolve_device(args.device)
     rows = []
     for label, p in problems(args):
         cache: dict = {}

@@ -129,8 +129,12 @@ class SlotSupports:
     def removal_costs(self, rows=None):
         """x_p²/K_pp per slot (+inf on empty slots), (rows × m)."""
         xp = self.xp
-        S, x, K = (self.S, self.x, self.K) if rows is None else (self.S[rows], self.x[rows], self.K[rows])
-        return xp.where(S < self.n, x * x / xp.diagonal(K, axis1=1, axis2=2), INF)
+        if rows is None:
+            S, x, kdiag = self.S, self.x, xp.diagonal(self.K, axis1=1, axis2=2)
+        else:  # gather the rows' diagonals only, not their m × m blocks
+            slot = xp.arange(self.slots)
+            S, x, kdiag = self.S[rows], self.x[rows], self.K[rows[:, None], slot, slot]
+        return xp.where(S < self.n, x * x / kdiag, INF)
 
     def _scatter(self, rows, V):
         """(rows × in) with V (rows × m) placed at the rows' slot columns (empty slots dropped)."""
@@ -163,7 +167,7 @@ class SlotSupports:
         e = xp.zeros_like(u)
         e[t, p] = 1.0
         d = u - e
-        K += d[:, :, None] * d[:, None, :] / si[:, None, None]
+        K += (d / si[:, None])[:, :, None] * d[:, None, :]  # one (t × m × m) temporary, not two
         K[t, p, p] -= 1.0
         self.K[rows] = K
         x = self.x[rows] - u * step
@@ -202,7 +206,7 @@ class SlotSupports:
             v = self._scatter(rows, kc) @ self.Hn
         self.r[rows] += v * (xq / kappa)[:, None]
         self.s[rows] += v * v / kappa[:, None]
-        K -= kc[:, :, None] * kc[:, None, :] / kappa[:, None, None]
+        K -= (kc / kappa[:, None])[:, :, None] * kc[:, None, :]
         K[t, p, :] = 0.0
         K[t, :, p] = 0.0
         K[t, p, p] = 1.0

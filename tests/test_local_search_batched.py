@@ -147,6 +147,9 @@ def test_rank_one_updates_match_a_rebuild(rng):
         np.testing.assert_allclose(st.U[r][ia], fresh.U[r][ib], rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(st.r, fresh.r, atol=1e-9)
     np.testing.assert_allclose(st.s, fresh.s, atol=1e-9)
+    some = np.array([4, 1])  # the scores of a subset of rows are those rows' full scores
+    np.testing.assert_array_equal(st.removal_costs(some), st.removal_costs()[some])
+    np.testing.assert_array_equal(st.addition_gains(some), st.addition_gains()[some])
 
 
 def layer(rng, pattern: str, sparsity):
