@@ -132,7 +132,7 @@ class SlotSupports:
         if rows is None:
             S, x, kdiag = self.S, self.x, xp.diagonal(self.K, axis1=1, axis2=2)
         else:  # gather the rows' diagonals only, not their m × m blocks
-            slot = xp.arange(self.slots)
+            rows, slot = xp.asarray(rows), xp.arange(self.slots)
             S, x, kdiag = self.S[rows], self.x[rows], self.K[rows[:, None], slot, slot]
         return xp.where(S < self.n, x * x / kdiag, INF)
 
