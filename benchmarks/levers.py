@@ -19,9 +19,9 @@ line saying so (the first name listed keeps the row). Shards take rows by positi
 so resume a sharded run with the code that planned it (other code can hand a shard rows another shard's file
 already holds). Seconds from processes sharing a GPU are inflated by the sharing: compare them within one run only.
 
-``--checkpoints DIR`` gives each row a per-block checkpoint folder under DIR (``prune(checkpoint=…)``), so a row
-longer than one process's time (the polish, the curve profile) continues from its last finished block when the
-same command runs again; a row's folder is removed once the row is recorded. Its pruning seconds are then the sum
+``--checkpoints DIR`` gives each row a per-block checkpoint folder under DIR (``prune(checkpoint=…)``; default
+OUTPUT.ckpt beside ``--output``, none without it; ``--checkpoints off``: none), so a row longer than one process's
+time (the polish, the curve profile) continues from its last finished block when the same command runs again; a row's folder is removed once the row is recorded. Its pruning seconds are then the sum
 over the processes that ran it.
 """
 
@@ -90,6 +90,16 @@ def plan_rows(methods: str, settings: str, levers: str) -> tuple[list[tuple], li
     return plan, skipped
 
 
+def checkpoint_folder(checkpoints: str | None, output: str | None) -> Path | None:
+    """Where the rows' block checkpoints go: ``checkpoints``, else OUTPUT.ckpt beside ``output`` (so a row cut
+    short by a time limit resumes by default), else none; ``off`` turns them off."""
+    if checkpoints == "off":
+        return None
+    if checkpoints:
+        return Path(checkpoints)
+    return Path(f"{output}.ckpt") if output else None
+
+
 def row_key(row: dict) -> tuple:
     """A row's identity: its lever name, method and setting, and the settings fields the name stood for
     (so a file written when a name meant other fields is not taken as done)."""
@@ -135,7 +145,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--output", default=None)
-    ap.add_argument("--checkpoints", default=None, help="a folder for per-row block checkpoints (long rows resume)")
+    ap.add_argument("--checkpoints", default=None,
+                    help="a folder for per-row block checkpoints, so long rows resume (default OUTPUT.ckpt; off: none)")
     ap.add_argument("--table", nargs="*", default=None, help="print the table of these output files and stop")
     a = ap.parse_args()
     if a.table is not None:
@@ -151,6 +162,7 @@ def main() -> None:
     from layerprune.layerwise.settings import PruneSettings
     from layerprune.problems.atomic import atomic_write_json
 
+    checkpoints = checkpoint_folder(a.checkpoints, a.output)
     shard, shards = map(int, a.shard.split("/"))
     plan, skipped = plan_rows(a.methods, a.settings, a.levers)
     for line in skipped:
@@ -180,7 +192,7 @@ def main() -> None:
         setting = setting_label(s.sparsity, s.pattern)
         if (lever, method, setting, json.dumps(fields, sort_keys=True)) in done:
             continue
-        ckpt = Path(a.checkpoints) / re.sub(r"[^A-Za-z0-9.@+-]+", "_", f"{lever}-{method}-{setting}") if a.checkpoints else None
+        ckpt = checkpoints / re.sub(r"[^A-Za-z0-9.@+-]+", "_", f"{lever}-{method}-{setting}") if checkpoints else None
         log = prune(net, tokenizer, settings=s, calib_ids=ids, progress=False, checkpoint=ckpt,
                     resume=ckpt is not None and Checkpoint(ckpt).exists()).log
         ppl = perplexity(net, windows, a.seqlen, device=a.device, batch_size=a.eval_batch_size)
@@ -198,6 +210,8 @@ def main() -> None:
         with __import__("torch").no_grad():
             for lin, w in zip(linears, dense_weights):
                 lin.weight.copy_(w)
+    if checkpoints is not None and checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()  # every row recorded: nothing left to resume
     print_table(result["rows"], dense)
 
 

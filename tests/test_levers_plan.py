@@ -39,3 +39,10 @@ def test_copies_are_per_method_and_setting_and_base_is_kept_once(levers):
     plan, skipped = levers.plan_rows("alps", "0.5", "dense,dense@0.1")
     assert [p[0] for p in plan] == ["dense", "dense@0.1"] and skipped == []
     assert plan[1][4]["target_blend"] == 0.1
+
+
+def test_rows_checkpoint_beside_the_output_unless_told_otherwise(levers):
+    assert levers.checkpoint_folder(None, "runs/levers.json") == Path("runs/levers.json.ckpt")
+    assert levers.checkpoint_folder("ckpts", "runs/levers.json") == Path("ckpts")
+    assert levers.checkpoint_folder("off", "runs/levers.json") is None
+    assert levers.checkpoint_folder(None, None) is None
