@@ -21,8 +21,8 @@ already holds). Seconds from processes sharing a GPU are inflated by the sharing
 
 ``--checkpoints DIR`` gives each row a per-block checkpoint folder under DIR (``prune(checkpoint=…)``; default
 OUTPUT.ckpt beside ``--output``, none without it; ``--checkpoints off``: none), so a row longer than one process's
-time (the polish, the curve profile) continues from its last finished block when the same command runs again; a row's folder is removed once the row is recorded. Its pruning seconds are then the sum
-over the processes that ran it.
+time (the polish, the curve profile) continues from its last finished block when the same command runs again; a
+row's folder is removed once the row is recorded. Its pruning seconds are then the sum over the processes that ran it.
 """
 
 from __future__ import annotations
