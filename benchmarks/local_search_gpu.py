@@ -11,7 +11,7 @@ rows / swaps in rows before its refit), ``alps-polish`` (plain ALPS then ``solve
 ``alps-ls-joint`` (ALPS then moves and swaps alternated to a joint local optimum, ``solvers.polish.polish``
 with ``rounds=10``), ``sparsegpt``, ``sparsegpt-polish``; ``alps-polish@N`` / ``sparsegpt-polish@N``: the
 polish in rounds of N moves (``solvers.polish.polish(moves_per_round=N)``; the plain variants use
-``MOVES_PER_ROUND``), timed on the cached plain answer plus its seconds (the first solve's, warm-up
+the device's ``MOVES_PER_ROUND``), timed on the cached plain answer plus its seconds (the first solve's, warm-up
 included: compare ``@N`` variants with each other). ``--synthetic OUTxIN,...`` adds synthetic
 problems of those shapes (``problems.builders.synthetic_problem``, built on the device; LLaMA-3-8B:
 4096x4096 attention, 14336x4096 gate/up, 4096x14336 down).

@@ -30,7 +30,11 @@ from layerprune.solvers.pcg import masked_pcg
 # out · k² · in up to which ``polish=None`` polishes, per device kind. CPU: ALPS's small-problem
 # budget (BENCHMARKS.md); cuda: not yet measured (set from the H200 run of benchmarks/local_search_gpu.py).
 POLISH_BUDGET = {"cpu": 1e7, "cuda": 2e11}
-MOVES_PER_ROUND = 64  # moves per batched round of the unstructured search (1: the host reference's order)
+# Moves per batched round of the unstructured search (1: the host reference's order), per backend.
+# On the CPU a round's work grows with its size, so small rounds are fastest; on the GPU a round is
+# a fixed number of small kernels and host reads, so fewer, larger rounds are (BENCHMARKS.md, "Batched
+# local search": the H200 polish took 2.6 × less time in rounds of 1024 than of 64, at equal error).
+MOVES_PER_ROUND = {"cpu": 64, "cuda": 1024}
 
 
 def segments(pattern) -> list[slice]:
@@ -81,14 +85,22 @@ def state_groups(mask, layer: slice, xp, max_entries: int | None = None) -> list
     return [slice(i, min(i + size, stop)) for i in range(start, stop, size)]
 
 
-def search_support(Hn, G, mask, pattern, xp, max_swaps: int = 50, moves_per_round: int = MOVES_PER_ROUND,
+def round_size(moves_per_round: int | None, xp) -> int:
+    """``moves_per_round``, or (None) ``MOVES_PER_ROUND`` of xp's backend (NumPy: cpu, else cuda)."""
+    if moves_per_round is not None:
+        return int(moves_per_round)
+    return MOVES_PER_ROUND["cpu" if xp is np else "cuda"]
+
+
+def search_support(Hn, G, mask, pattern, xp, max_swaps: int = 50, moves_per_round: int | None = None,
                    rounds: int = 1) -> tuple:
     """Exact local search on ``mask`` (out × in bool on xp) under ``pattern``; returns (mask, info key, count).
 
     Hn, G : float64 on xp (see the module). ``unstructured``: moves between rows of each layer, at
-    most ``max_swaps`` per row on average; with ``rounds`` > 1 then swaps inside rows, and moves
-    and swaps alternated until neither finds one (a joint local optimum) or ``rounds`` rounds;
-    ``row`` / N:M: at most ``max_swaps`` swaps per row.
+    most ``max_swaps`` per row on average, in rounds of ``round_size(moves_per_round, xp)`` moves;
+    with ``rounds`` > 1 then swaps inside rows, and moves and swaps alternated until neither finds
+    one (a joint local optimum) or ``rounds`` rounds; ``row`` / N:M: at most ``max_swaps`` swaps
+    per row.
     """
     if pattern.kind != "unstructured":
         group = pattern.m if pattern.kind == "nm" else None
@@ -99,7 +111,7 @@ def search_support(Hn, G, mask, pattern, xp, max_swaps: int = 50, moves_per_roun
         rows = mask[seg].shape[0]
         for r in range(max(1, rounds)):
             new[seg], moves = batched_move_search(Hn, G[seg], new[seg], xp, max_moves=max_swaps * rows,
-                                                  moves_per_round=moves_per_round)
+                                                  moves_per_round=round_size(moves_per_round, xp))
             swaps = 0
             if rounds > 1 and (moves or r == 0):
                 new[seg], swaps = batched_swap_search(Hn, G[seg], new[seg], xp, max_swaps=max_swaps)
@@ -119,13 +131,13 @@ def normalized64(problem, xp) -> tuple:
     return d, Hn, B
 
 
-def polish(problem, weight, mask, xp, max_swaps: int = 50, moves_per_round: int = MOVES_PER_ROUND,
+def polish(problem, weight, mask, xp, max_swaps: int = 50, moves_per_round: int | None = None,
            refit_tol: float = 1e-10, refit_max_iter: int = 500, rounds: int = 1) -> tuple:
     """Polish a method's answer (``weight``, ``mask`` out × in on xp) on ``problem`` (on xp).
 
     Returns (weight, mask, info): info holds ``local_search_moves`` or ``local_search_swaps``, the
-    relative errors before and after, the refit's PCG iterations and ``seconds_polish``; ``rounds``
-    as in :func:`search_support` (alternated moves and swaps on ``unstructured``).
+    relative errors before and after, the refit's PCG iterations and ``seconds_polish``;
+    ``moves_per_round`` and ``rounds`` as in :func:`search_support`.
     """
     synchronize(xp)
     t0 = time.perf_counter()

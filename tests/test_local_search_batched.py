@@ -81,6 +81,23 @@ def test_batched_moves_one_per_round_are_the_references(rng, sparsity):
         np.testing.assert_array_equal(new, ref)
 
 
+def test_the_round_size_defaults_to_the_backends(rng, monkeypatch):
+    """``moves_per_round=None`` takes ``MOVES_PER_ROUND`` of the array's backend: with the CPU's set
+    to 1 the search makes the reference's moves; the GPU's entry is read for any other module."""
+    Hn, G, B = normalized(rng, 20, 32)
+    mask = start_mask(B, "unstructured", 0.7)
+    ref, ref_moves = move_search(Hn, G, mask)
+    pattern = parse_pattern("unstructured")
+    _, _, wide = polish_module.search_support(Hn, G, mask, pattern, np, moves_per_round=64)
+    assert wide != ref_moves  # so the check below can tell the round sizes apart
+    monkeypatch.setitem(polish_module.MOVES_PER_ROUND, "cpu", 1)
+    new, _, moves = polish_module.search_support(Hn, G, mask, pattern, np)
+    assert moves == ref_moves
+    np.testing.assert_array_equal(new, ref)
+    assert polish_module.round_size(None, object()) == polish_module.MOVES_PER_ROUND["cuda"]
+    assert polish_module.round_size(7, np) == 7
+
+
 def test_batched_moves_reach_a_local_optimum_of_the_references_test(rng):
     """Several moves per round end where the reference's own test finds no move left."""
     Hn, G, B = normalized(rng, 20, 32)
