@@ -11,8 +11,9 @@ rows / swaps in rows before its refit), ``alps-polish`` (plain ALPS then ``solve
 ``alps-ls-joint`` (ALPS then moves and swaps alternated to a joint local optimum, ``solvers.polish.polish``
 with ``rounds=10``), ``sparsegpt``, ``sparsegpt-polish``; ``alps-polish@N`` / ``sparsegpt-polish@N``: the
 polish in rounds of N moves (``solvers.polish.polish(moves_per_round=N)``; the plain variants use
-the device's ``MOVES_PER_ROUND``), timed on the cached plain answer plus its seconds (the first solve's, warm-up
-included: compare ``@N`` variants with each other). ``--synthetic OUTxIN,...`` adds synthetic
+the device's ``MOVES_PER_ROUND``), timed on the cached plain answer plus its seconds. Every variant runs once on
+a small synthetic problem before the timed ones, so no timing includes CuPy's kernel compilation or the
+libraries' set-up. ``--synthetic OUTxIN,...`` adds synthetic
 problems of those shapes (``problems.builders.synthetic_problem``, built on the device; LLaMA-3-8B:
 4096x4096 attention, 14336x4096 gate/up, 4096x14336 down).
 """
@@ -80,6 +81,15 @@ def run_variant(name: str, p: LayerProblem, device: str, cache: dict) -> tuple[f
     return r.relative_error, r.seconds, {k: v for k, v in r.info.items() if "local" in k or "polish" in k}
 
 
+def warm_up(names: list[str], device: str, sparsity: float, pattern: str) -> None:
+    """Run every variant once, untimed, on a small synthetic problem on ``device`` (kernel compilation,
+    handles and memory pools are then paid before the first timed layer)."""
+    p = synthetic_problem(48, 96, sparsity, pattern, seed=1, xp=xp_for(device))
+    cache: dict = {}
+    for v in names:
+        run_variant(v, p, device, cache)
+
+
 def problems(args) -> list[tuple[str, LayerProblem]]:
     out = []
     if args.folder:
@@ -109,6 +119,7 @@ def main() -> None:
     for name in names:
         check_variant(name)
     device = resolve_device(args.device)
+    warm_up(names, device, args.sparsity, args.pattern)
     rows = []
     for label, p in problems(args):
         cache: dict = {}
