@@ -106,6 +106,20 @@ def row_key(row: dict) -> tuple:
     return row["lever"], row["method"], row["setting"], json.dumps(row["fields"], sort_keys=True)
 
 
+def run_fields(a) -> dict:
+    """What an output file's rows and its dense perplexity depend on, beside the rows' own settings."""
+    return {"model": a.model, "calib": a.calib, "text": a.text, "nsamples": a.nsamples, "seqlen": a.seqlen,
+            "eval_tokens": a.eval_tokens}
+
+
+def check_same_run(result: dict, fields: dict, output: str | None) -> None:
+    """SystemExit naming the difference when ``output``'s file (``result``) holds another run's rows;
+    fields the file does not record (older files) are not compared."""
+    differ = [f"{k} {result[k]!r} there, {v!r} here" for k, v in fields.items() if k in result and result[k] != v]
+    if differ:
+        raise SystemExit(f"{output} holds rows of another run ({'; '.join(differ)}): give another --output")
+
+
 def load_rows(paths) -> list[dict]:
     rows = []
     for p in paths:
@@ -170,6 +184,7 @@ def main() -> None:
     plan = plan[shard::shards]
     done = {row_key(r) for r in load_rows([a.output] if a.output else [])}
     result = json.loads(Path(a.output).read_text()) if a.output and Path(a.output).is_file() else {"rows": []}
+    check_same_run(result, run_fields(a), a.output)
 
     t0 = time.perf_counter()
     net, tokenizer = load_model(a.model)
@@ -181,8 +196,9 @@ def main() -> None:
     dense_weights = [lin.weight.detach().to("cpu", copy=True) for lin in linears]
     dense = result.get("dense_perplexity") or perplexity(net, windows, a.seqlen, device=a.device,
                                                          batch_size=a.eval_batch_size)
-    result.update(model=a.model, nsamples=a.nsamples, seqlen=a.seqlen, eval_windows=int(windows.shape[0]),
-                  device=a.device, dense_perplexity=dense)
+    result.update(run_fields(a), eval_windows=int(windows.shape[0]), device=a.device, dense_perplexity=dense)
+    if a.output:  # so a process cut off before its first row does not evaluate the dense model again
+        atomic_write_json(a.output, result)
     print(f"dense perplexity {dense:.3f}; setup {time.perf_counter() - t0:.0f} s; {len(plan)} rows in this shard",
           flush=True)
     for lever, method, sparsity, pattern, fields in plan:

@@ -46,3 +46,12 @@ def test_rows_checkpoint_beside_the_output_unless_told_otherwise(levers):
     assert levers.checkpoint_folder("ckpts", "runs/levers.json") == Path("ckpts")
     assert levers.checkpoint_folder("off", "runs/levers.json") is None
     assert levers.checkpoint_folder(None, None) is None
+
+
+def test_an_output_of_another_run_is_refused_before_any_work(levers):
+    here = {"model": "smollm2", "calib": "wiki", "text": "wiki-test", "nsamples": 128, "seqlen": 2048, "eval_tokens": 0}
+    levers.check_same_run({"rows": []}, here, "new.json")  # a new file
+    levers.check_same_run({"rows": [], "model": "smollm2", "nsamples": 128, "seqlen": 2048}, here, "old.json")  # older fields
+    levers.check_same_run(dict(here, rows=[]), here, "same.json")
+    with pytest.raises(SystemExit, match=r"f.json holds rows of another run \(seqlen 512 there, 2048 here\)"):
+        levers.check_same_run(dict(here, seqlen=512, rows=[]), here, "f.json")
