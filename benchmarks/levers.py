@@ -109,15 +109,15 @@ def row_key(row: dict) -> tuple:
 def run_fields(a) -> dict:
     """What an output file's rows and its dense perplexity depend on, beside the rows' own settings."""
     return {"model": a.model, "calib": a.calib, "text": a.text, "nsamples": a.nsamples, "seqlen": a.seqlen,
-            "eval_tokens": a.eval_tokens}
+            "eval_tokens": a.eval_tokens, "device": a.device}
 
 
 def check_same_run(result: dict, fields: dict, output: str | None) -> None:
-    """SystemExit naming the difference when ``output``'s file (``result``) holds another run's rows;
+    """SystemExit naming the difference when ``output``'s file (``result``) was written by another run;
     fields the file does not record (older files) are not compared."""
     differ = [f"{k} {result[k]!r} there, {v!r} here" for k, v in fields.items() if k in result and result[k] != v]
     if differ:
-        raise SystemExit(f"{output} holds rows of another run ({'; '.join(differ)}): give another --output")
+        raise SystemExit(f"{output} was written by another run ({'; '.join(differ)}): give another --output")
 
 
 def load_rows(paths) -> list[dict]:
@@ -194,9 +194,10 @@ def main() -> None:
     _, blocks = find_blocks(net)
     linears = [lin for block in blocks for lin in block_linears(block).values()]
     dense_weights = [lin.weight.detach().to("cpu", copy=True) for lin in linears]
+    check_same_run(result, {"eval_windows": int(windows.shape[0])}, a.output)  # older files lack the text fields
     dense = result.get("dense_perplexity") or perplexity(net, windows, a.seqlen, device=a.device,
                                                          batch_size=a.eval_batch_size)
-    result.update(run_fields(a), eval_windows=int(windows.shape[0]), device=a.device, dense_perplexity=dense)
+    result.update(run_fields(a), eval_windows=int(windows.shape[0]), dense_perplexity=dense)
     if a.output:  # so a process cut off before its first row does not evaluate the dense model again
         atomic_write_json(a.output, result)
     print(f"dense perplexity {dense:.3f}; setup {time.perf_counter() - t0:.0f} s; {len(plan)} rows in this shard",

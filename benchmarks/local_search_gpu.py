@@ -12,8 +12,8 @@ rows / swaps in rows before its refit), ``alps-polish`` (plain ALPS then ``solve
 with ``rounds=10``), ``sparsegpt``, ``sparsegpt-polish``; ``alps-polish@N`` / ``sparsegpt-polish@N``: the
 polish in rounds of N moves (``solvers.polish.polish(moves_per_round=N)``; the plain variants use
 the device's ``MOVES_PER_ROUND``), timed on the cached plain answer plus its seconds. Every variant runs once on
-a small synthetic problem before the timed ones, so no timing includes CuPy's kernel compilation or the
-libraries' set-up. ``--synthetic OUTxIN,...`` adds synthetic
+a small synthetic problem before the timed ones (``warm_up``), so the timings leave out CuPy's kernel
+compilation and the libraries' set-up, except on paths only large problems take. ``--synthetic OUTxIN,...`` adds synthetic
 problems of those shapes (``problems.builders.synthetic_problem``, built on the device; LLaMA-3-8B:
 4096x4096 attention, 14336x4096 gate/up, 4096x14336 down).
 """
@@ -30,6 +30,7 @@ import numpy as np
 from layerprune import LayerProblem, solve
 from layerprune.problems.backend import resolve_device, synchronize, xp_for
 from layerprune.problems.builders import synthetic_problem
+from layerprune.problems.patterns import parse_pattern
 from layerprune.solvers.polish import polish
 
 VARIANTS = ["alps", "alps-ls", "alps-ls-joint", "sparsegpt", "sparsegpt-polish"]
@@ -66,9 +67,9 @@ def run_variant(name: str, p: LayerProblem, device: str, cache: dict) -> tuple[f
             cache[method] = solve(p, method, device=device, **PLAIN[method])
         return cache[method]
 
-    base, _, round_size = name.partition("@")
-    if round_size:  # METHOD-polish@N
-        return polished(plain(base.removesuffix("-polish")), p, device, moves_per_round=int(round_size))
+    base, _, size = name.partition("@")
+    if size:  # METHOD-polish@N
+        return polished(plain(base.removesuffix("-polish")), p, device, moves_per_round=int(size))
     if name == "alps-ls-joint":  # ALPS, then moves and swaps alternated to a joint local optimum
         return polished(plain("alps"), p, device, rounds=10)
     if name in ("alps", "sparsegpt"):
@@ -82,9 +83,12 @@ def run_variant(name: str, p: LayerProblem, device: str, cache: dict) -> tuple[f
 
 
 def warm_up(names: list[str], device: str, sparsity: float, pattern: str) -> None:
-    """Run every variant once, untimed, on a small synthetic problem on ``device`` (kernel compilation,
-    handles and memory pools are then paid before the first timed layer)."""
-    p = synthetic_problem(48, 96, sparsity, pattern, seed=1, xp=xp_for(device))
+    """Run every variant once, untimed, on a small synthetic problem on ``device`` (48 rows, about 96
+    inputs, a multiple of N:M's M), so the kernels a small problem's path compiles, the libraries'
+    handles and the memory pools are paid before the first timed layer; paths only large problems
+    take (the radix selection, the staged eigendecomposition) are still paid on their first layer."""
+    m = parse_pattern(pattern).m if parse_pattern(pattern).kind == "nm" else 1
+    p = synthetic_problem(48, m * -(-96 // m), sparsity, pattern, seed=1, xp=xp_for(device))
     cache: dict = {}
     for v in names:
         run_variant(v, p, device, cache)
@@ -108,20 +112,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("folder", nargs="?", default=None)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--sparsity", type=float, default=None, help="default 0.7; N:M patterns fix their own")
     ap.add_argument("--pattern", default="unstructured")
     ap.add_argument("--layers", default=None, help="only files whose name contains one of these (comma-separated)")
     ap.add_argument("--synthetic", default=None, help="OUTxIN shapes of synthetic problems, comma-separated")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.sparsity is None and parse_pattern(args.pattern).kind != "nm":
+        args.sparsity = 0.7
     names = args.variants.split(",")
     for name in names:
         check_variant(name)
     device = resolve_device(args.device)
+    todo = problems(args)
+    if not todo:
+        raise SystemExit("no problems: give a folder of .npz files and/or --synthetic")
     warm_up(names, device, args.sparsity, args.pattern)
     rows = []
-    for label, p in problems(args):
+    for label, p in todo:
         cache: dict = {}
         line = {"layer": label, "shape": list(p.shape)}
         for v in names:
@@ -131,9 +140,7 @@ def main() -> None:
         rows.append(line)
         print(f"{label:28s} {p.shape[0]:6d}x{p.shape[1]:<6d} "
               + " ".join(f"{v}={line[v]['rel_error']:.5f} ({line[v]['seconds']:.2f} s)" for v in names), flush=True)
-    if not rows:
-        raise SystemExit("no problems: give a folder of .npz files and/or --synthetic")
-    print(f"\ndevice {device}, {args.pattern} at sparsity {args.sparsity}, {len(rows)} layers")
+    print(f"\ndevice {device}, {args.pattern} at sparsity {todo[0][1].sparsity:g}, {len(rows)} layers")
     print("| variant | mean rel. error | mean ratio to ALPS (worst) | mean ratio to SparseGPT | seconds (total) | seconds / ALPS's |")
     print("|---|---|---|---|---|---|")
     for v in names:

@@ -304,13 +304,14 @@ def _swap_deltas(st: SlotSupports, rows, col_group, xp):
     return xp.where(allowed, delta, INF)
 
 
-def batched_move_search(Hn, G, mask, xp, max_moves: int | None = None, moves_per_round: int = 64,
+def batched_move_search(Hn, G, mask, xp, *, moves_per_round: int, max_moves: int | None = None,
                         rel_tol: float = 1e-12, spare: int = 8) -> tuple:
     """Improve ``mask`` (out × in, bool, on xp) under one count per layer by exact moves; returns (mask, moves).
 
-    Rounds of up to ``moves_per_round`` moves (see the module), while the best addition beats the
-    cheapest removal by ``rel_tol`` × Σ g_Sᵀx; at most ``max_moves`` moves (default no cap);
-    ``moves_per_round=1`` makes the reference's ``move_search`` moves. The count stays the same.
+    Rounds of up to ``moves_per_round`` moves (see the module; the polish's per-backend choice is
+    ``solvers.polish.MOVES_PER_ROUND``), while the best addition beats the cheapest removal by
+    ``rel_tol`` × Σ g_Sᵀx; at most ``max_moves`` moves (default no cap); ``moves_per_round=1``
+    makes the reference's ``move_search`` moves. The count stays the same.
     """
     mask = xp.array(mask, dtype=bool, copy=True)
     out, n = mask.shape

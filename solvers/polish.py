@@ -33,8 +33,8 @@ POLISH_BUDGET = {"cpu": 1e7, "cuda": 2e11}
 # Moves per batched round of the unstructured search (1: the host reference's order), per backend.
 # On the CPU a round's work grows with its size, so small rounds are fastest; on the GPU a round is
 # a fixed number of small kernels and host reads, so fewer, larger rounds are (BENCHMARKS.md, "Batched
-# local search": on the H200, rounds of 1024 cut the polish's seconds 2.6 × after SparseGPT and 1.2 ×
-# after ALPS against rounds of 64, errors within 0.35 %).
+# local search": on the H200, rounds of 1024 cut the polish's seconds 2.7 × after SparseGPT and 1.2 ×
+# after ALPS against rounds of 64 over three SmolLM2 layers, errors within 0.35 %).
 MOVES_PER_ROUND = {"cpu": 64, "cuda": 1024}
 
 

@@ -48,10 +48,31 @@ def test_rows_checkpoint_beside_the_output_unless_told_otherwise(levers):
     assert levers.checkpoint_folder(None, None) is None
 
 
-def test_an_output_of_another_run_is_refused_before_any_work(levers):
-    here = {"model": "smollm2", "calib": "wiki", "text": "wiki-test", "nsamples": 128, "seqlen": 2048, "eval_tokens": 0}
+def test_an_output_of_another_run_is_refused(levers):
+    here = {"model": "smollm2", "calib": "wiki", "text": "wiki-test", "nsamples": 128, "seqlen": 2048, "eval_tokens": 0,
+            "device": "cuda"}
     levers.check_same_run({"rows": []}, here, "new.json")  # a new file
     levers.check_same_run({"rows": [], "model": "smollm2", "nsamples": 128, "seqlen": 2048}, here, "old.json")  # older fields
     levers.check_same_run(dict(here, rows=[]), here, "same.json")
-    with pytest.raises(SystemExit, match=r"f.json holds rows of another run \(seqlen 512 there, 2048 here\)"):
+    with pytest.raises(SystemExit, match=r"f.json was written by another run \(seqlen 512 there, 2048 here\)"):
         levers.check_same_run(dict(here, seqlen=512, rows=[]), here, "f.json")
+    with pytest.raises(SystemExit, match=r"calib 'c4' there, 'wiki' here; device 'cpu' there, 'cuda' here"):
+        levers.check_same_run(dict(here, calib="c4", device="cpu", rows=[]), here, "f.json")
+
+
+def test_the_script_refuses_another_runs_output_before_loading_the_model(levers, tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from layerprune.layerwise import models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output file was checked")
+
+    monkeypatch.setattr(models, "load_model", no_load)
+    out = tmp_path / "rows.json"
+    out.write_text(json.dumps({"rows": [], "model": "smollm2", "eval_tokens": 4096}))
+    monkeypatch.setattr(sys, "argv", ["levers.py", "--device", "cpu", "--methods", "magnitude", "--settings", "0.5",
+                                      "--levers", "base", "--output", str(out)])
+    with pytest.raises(SystemExit, match="eval_tokens 4096 there, 0 here"):
+        levers.main()
