@@ -194,7 +194,8 @@ def main() -> None:
     _, blocks = find_blocks(net)
     linears = [lin for block in blocks for lin in block_linears(block).values()]
     dense_weights = [lin.weight.detach().to("cpu", copy=True) for lin in linears]
-    check_same_run(result, {"eval_windows": int(windows.shape[0])}, a.output)  # older files lack the text fields
+    # older files lack calib / text / eval_tokens: their window count still tells another text apart
+    check_same_run(result, {"eval_windows": int(windows.shape[0])}, a.output)
     dense = result.get("dense_perplexity") or perplexity(net, windows, a.seqlen, device=a.device,
                                                          batch_size=a.eval_batch_size)
     result.update(run_fields(a), eval_windows=int(windows.shape[0]), dense_perplexity=dense)

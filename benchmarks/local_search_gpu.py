@@ -11,11 +11,11 @@ rows / swaps in rows before its refit), ``alps-polish`` (plain ALPS then ``solve
 ``alps-ls-joint`` (ALPS then moves and swaps alternated to a joint local optimum, ``solvers.polish.polish``
 with ``rounds=10``), ``sparsegpt``, ``sparsegpt-polish``; ``alps-polish@N`` / ``sparsegpt-polish@N``: the
 polish in rounds of N moves (``solvers.polish.polish(moves_per_round=N)``; the plain variants use
-the device's ``MOVES_PER_ROUND``), timed on the cached plain answer plus its seconds. Every variant runs once on
-a small synthetic problem before the timed ones (``warm_up``), so the timings leave out CuPy's kernel
-compilation and the libraries' set-up, except on paths only large problems take. ``--synthetic OUTxIN,...`` adds synthetic
-problems of those shapes (``problems.builders.synthetic_problem``, built on the device; LLaMA-3-8B:
-4096x4096 attention, 14336x4096 gate/up, 4096x14336 down).
+the device's ``MOVES_PER_ROUND``), timed on the cached plain answer plus its seconds. Every variant
+runs once on a small synthetic problem before the timed ones (``warm_up``), so the timings leave out
+CuPy's kernel compilation and the libraries' set-up, except on paths only large problems take.
+``--synthetic OUTxIN,...`` adds synthetic problems of those shapes (``problems.builders.synthetic_problem``,
+built on the device; LLaMA-3-8B: 4096x4096 attention, 14336x4096 gate/up, 4096x14336 down).
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def warm_up(names: list[str], device: str, sparsity: float, pattern: str) -> Non
     inputs, a multiple of N:M's M), so the kernels a small problem's path compiles, the libraries'
     handles and the memory pools are paid before the first timed layer; paths only large problems
     take (the radix selection, the staged eigendecomposition) are still paid on their first layer."""
-    m = parse_pattern(pattern).m if parse_pattern(pattern).kind == "nm" else 1
+    pat = parse_pattern(pattern)
+    m = pat.m if pat.kind == "nm" else 1
     p = synthetic_problem(48, m * -(-96 // m), sparsity, pattern, seed=1, xp=xp_for(device))
     cache: dict = {}
     for v in names:
