@@ -2,7 +2,7 @@
 
     layerprune capture --model smollm2 --layers 0,15,29 --nsamples 32 --seqlen 512 --output /tmp/gpuls_probs
     python benchmarks/local_search_gpu.py /tmp/gpuls_probs --device cuda [--sparsity 0.7] [--synthetic 4096x4096,14336x4096]
-        [--variants alps,alps-ls,alps-ls-joint,sparsegpt,sparsegpt-polish] [--out rows.json]
+        [--variants alps,alps-ls,alps-ls-joint,sparsegpt,sparsegpt-polish] [--out rows.json] [--profile VARIANT]
 
 Per layer: relative error and seconds of each variant, then per variant the mean relative error, the mean
 of the per-layer ratios to plain ALPS and to SparseGPT, and the ratio of total seconds to ALPS's.
@@ -16,6 +16,8 @@ runs once on a small synthetic problem before the timed ones (``warm_up``), so t
 CuPy's kernel compilation and the libraries' set-up, except on paths only large problems take.
 ``--synthetic OUTxIN,...`` adds synthetic problems of those shapes (``problems.builders.synthetic_problem``,
 built on the device; LLaMA-3-8B: 4096x4096 attention, 14336x4096 gate/up, 4096x14336 down).
+``--profile VARIANT`` then runs that variant once more on the first layer under cProfile (where a
+round's seconds go: host work, or waits on the device in the calls that synchronize).
 """
 
 from __future__ import annotations
@@ -95,6 +97,25 @@ def warm_up(names: list[str], device: str, sparsity: float, pattern: str) -> Non
         run_variant(v, p, device, cache)
 
 
+def profile_variant(name: str, label: str, p: LayerProblem, device: str, top: int = 15) -> None:
+    """Run variant ``name`` on ``p`` under cProfile (untimed: the profiler slows Python-heavy loops) and
+    print its ``top`` functions by own time."""
+    import cProfile
+    import pstats
+
+    cache: dict = {}
+    if "@" in name or name == "alps-ls-joint":  # the cached plain answer it polishes: outside the profile
+        method = name.split("-")[0]
+        cache[method] = solve(p, method, device=device, **PLAIN[method])
+    prof = cProfile.Profile()
+    prof.enable()
+    run_variant(name, p, device, cache)
+    synchronize(xp_for(device))
+    prof.disable()
+    print(f"\nprofile of {name} on {label}:")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
 def problems(args) -> list[tuple[str, LayerProblem]]:
     out = []
     if args.folder:
@@ -119,11 +140,14 @@ def main() -> None:
     ap.add_argument("--synthetic", default=None, help="OUTxIN shapes of synthetic problems, comma-separated")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", default=None, metavar="VARIANT",
+                    help="after the timed runs, run VARIANT once more on the first layer under cProfile and print "
+                         "where its seconds go (host waits on the device land in the call that synchronizes)")
     args = ap.parse_args()
     if args.sparsity is None and parse_pattern(args.pattern).kind != "nm":
         args.sparsity = 0.7
     names = args.variants.split(",")
-    for name in names:
+    for name in names + ([args.profile] if args.profile else []):
         check_variant(name)
     device = resolve_device(args.device)
     todo = problems(args)
@@ -153,6 +177,8 @@ def main() -> None:
         print(f"| {v} | {err.mean():.5f} | {to_alps} | {to_sgpt} | {sec:.2f} | {t_alps} |")
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(rows, indent=1))
+    if args.profile:
+        profile_variant(args.profile, *todo[0], device)
 
 
 if __name__ == "__main__":
