@@ -305,13 +305,16 @@ def _swap_deltas(st: SlotSupports, rows, col_group, xp):
 
 
 def batched_move_search(Hn, G, mask, xp, *, moves_per_round: int, max_moves: int | None = None,
-                        rel_tol: float = 1e-12, spare: int = 8) -> tuple:
+                        rel_tol: float = 1e-12, spare: int = 8, round_entries: int | None = None) -> tuple:
     """Improve ``mask`` (out × in, bool, on xp) under one count per layer by exact moves; returns (mask, moves).
 
     Rounds of up to ``moves_per_round`` moves (see the module; the polish's per-backend choice is
     ``solvers.polish.MOVES_PER_ROUND``), while the best addition beats the cheapest removal by
     ``rel_tol`` × Σ g_Sᵀx; at most ``max_moves`` moves (default no cap); ``moves_per_round=1``
-    makes the reference's ``move_search`` moves. The count stays the same.
+    makes the reference's ``move_search`` moves. The count stays the same. A round touches at most
+    ``round_entries`` // m² rows (m slots per row; default 2²⁴ entries on NumPy, 2²⁷ on CuPy), so
+    each of its two K temporaries (rows × m × m, float64) stays under 128 MiB / 1 GiB: at LLaMA-3-8B's
+    4096 × 4096 at 70 % (m ≈ 1240) a GPU round takes at most 87 rows.
     """
     mask = xp.array(mask, dtype=bool, copy=True)
     out, n = mask.shape
@@ -327,7 +330,8 @@ def batched_move_search(Hn, G, mask, xp, *, moves_per_round: int, max_moves: int
     cheapest_at = xp.argmin(costs, axis=1)
     cheapest = costs[xp.arange(out), cheapest_at]
     del gains, costs
-    full = max(1, int(moves_per_round))
+    round_entries = round_entries or (1 << 24 if xp is np else 1 << 27)
+    full = max(1, min(int(moves_per_round), round_entries // st.slots ** 2))
     moves, per_round = 0, full
     while max_moves is None or moves < max_moves:
         room = per_round if max_moves is None else min(per_round, max_moves - moves)

@@ -81,6 +81,24 @@ def test_batched_moves_one_per_round_are_the_references(rng, sparsity):
         np.testing.assert_array_equal(new, ref)
 
 
+def test_a_round_is_capped_by_its_k_entries(rng):
+    """Rounds touch at most round_entries // m² rows: a budget of one row's K makes rounds of 64 the
+    reference's one-at-a-time moves; a budget of 8 rows' K the same moves as rounds of 8."""
+    Hn, G, B = normalized(rng, 20, 32)
+    mask = start_mask(B, "unstructured", 0.7)
+    m = int(mask.sum(axis=1).max()) + 8  # the search's slots (largest count + spare)
+    ref, ref_moves = move_search(Hn, G, mask)
+    new, moves = batched_move_search(Hn, G, mask, np, moves_per_round=64, round_entries=m * m)
+    assert moves == ref_moves
+    np.testing.assert_array_equal(new, ref)
+    eight, n8 = batched_move_search(Hn, G, mask, np, moves_per_round=8)
+    capped, n_capped = batched_move_search(Hn, G, mask, np, moves_per_round=64, round_entries=8 * m * m)
+    assert n_capped == n8
+    np.testing.assert_array_equal(capped, eight)
+    wide, n64 = batched_move_search(Hn, G, mask, np, moves_per_round=64)
+    assert len({ref_moves, n8, n64}) == 3  # so the caps above are what made the runs agree
+
+
 def test_the_round_size_defaults_to_the_backends(rng, monkeypatch):
     """``moves_per_round=None`` takes ``MOVES_PER_ROUND`` of the array's backend: with the CPU's set
     to 1 the search makes the reference's moves; the GPU's entry is read for any other module."""
