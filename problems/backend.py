@@ -59,6 +59,35 @@ def count_at_least(u, cand, chunk: int = 4096):
     return _count_ge(u, cand[:, None], axis=1)
 
 
+def rows_matvec(K, rows, h):
+    """(t × m) with row t = K[rows[t]] @ h[t], for K (b × m × m), rows (t,) distinct, h (t × m).
+
+    NumPy reads each m × m block in place, one product per row (no t × m × m copy: on a CPU the
+    copy costs more than the products); CuPy gathers the blocks and runs one batched contraction.
+    """
+    if array_module(K) is np:
+        out = np.empty(h.shape, dtype=np.result_type(K, h))
+        for t, r in enumerate(rows.tolist()):
+            np.matmul(K[r], h[t], out=out[t])
+        return out
+    return array_module(K).einsum("tab,tb->ta", K[rows], h)
+
+
+def rows_add_outer(K, rows, a, b) -> None:
+    """K[rows[t]] += a[t] b[t]ᵀ in place, for K (b × m × m), rows (t,) distinct, a and b (t × m).
+
+    NumPy updates each m × m block in place (no t × m × m copy); CuPy gathers, updates and
+    scatters the blocks. The products a[t]_i b[t]_j are the same on both, bit for bit.
+    """
+    if array_module(K) is np:
+        for t, r in enumerate(rows.tolist()):
+            K[r] += np.multiply.outer(a[t], b[t])
+        return
+    block = K[rows]
+    block += a[:, :, None] * b[:, None, :]
+    K[rows] = block
+
+
 def gpu_available() -> bool:
     """True when CuPy is installed and sees at least one CUDA device."""
     return cupy_or_none() is not None

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from layerprune.problems.backend import rows_add_outer, rows_matvec
+
 INF = float("inf")
 
 
@@ -153,7 +155,6 @@ class SlotSupports:
         S = self.S[rows]
         p = xp.argmax(S >= self.n, axis=1)  # the first empty slot
         si, ri = self.s[rows, cols], self.r[rows, cols]
-        K = self.K[rows]
         if self.track_u:
             U = self.U[rows]
             u = U[t, :, cols]  # K Hn_{S,i}
@@ -161,15 +162,14 @@ class SlotSupports:
             w = self.Hn[cols] - xp.einsum("ta,tai->ti", h, U)
         else:
             h = self.Hz[S, cols[:, None]]  # Hn_{S,i} (t × m), 0 on empty slots
-            u = xp.einsum("tab,tb->ta", K, h)
+            u = rows_matvec(self.K, rows, h)
             w = self.Hn[cols] - self._scatter(rows, u) @ self.Hn
         step = (ri / si)[:, None]
         e = xp.zeros_like(u)
         e[t, p] = 1.0
         d = u - e
-        K += (d / si[:, None])[:, :, None] * d[:, None, :]  # one (t × m × m) temporary, not two
-        K[t, p, p] -= 1.0
-        self.K[rows] = K
+        rows_add_outer(self.K, rows, d / si[:, None], d)
+        self.K[rows, p, p] -= 1.0
         x = self.x[rows] - u * step
         x[t, p] = step[:, 0]
         self.x[rows] = x
@@ -193,8 +193,7 @@ class SlotSupports:
         if rows.shape[0] == 0:
             return
         t = xp.arange(rows.shape[0])
-        K = self.K[rows]
-        kc = K[t, :, p]  # (t × m)
+        kc = self.K[rows, :, p]  # (t × m)
         kappa = kc[t, p]
         S = self.S[rows]
         j = S[t, p]
@@ -206,11 +205,10 @@ class SlotSupports:
             v = self._scatter(rows, kc) @ self.Hn
         self.r[rows] += v * (xq / kappa)[:, None]
         self.s[rows] += v * v / kappa[:, None]
-        K -= (kc / kappa[:, None])[:, :, None] * kc[:, None, :]
-        K[t, p, :] = 0.0
-        K[t, :, p] = 0.0
-        K[t, p, p] = 1.0
-        self.K[rows] = K
+        rows_add_outer(self.K, rows, -(kc / kappa[:, None]), kc)
+        self.K[rows, p, :] = 0.0
+        self.K[rows, :, p] = 0.0
+        self.K[rows, p, p] = 1.0
         x = self.x[rows] - kc * (xq / kappa)[:, None]
         x[t, p] = 0.0
         self.x[rows] = x

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from layerprune import LayerProblem, solve, solve_many
+from layerprune.problems.backend import rows_add_outer, rows_matvec
 from layerprune.problems.patterns import parse_pattern
 from layerprune.solvers import polish as polish_module
 from layerprune.solvers.batched_search import SlotSupports, batched_move_search, batched_swap_search
@@ -97,6 +98,22 @@ def test_a_round_is_capped_by_its_k_entries(rng):
     np.testing.assert_array_equal(capped, eight)
     wide, n64 = batched_move_search(Hn, G, mask, np, moves_per_round=64)
     assert len({ref_moves, n8, n64}) == 3  # so the caps above are what made the runs agree
+
+
+def test_in_place_row_block_updates_are_the_gathered_ones(rng):
+    """``rows_add_outer`` / ``rows_matvec`` on a subset of K's blocks: the same bits as gathering the
+    blocks and updating them batched (the code they replace), the others untouched."""
+    K = rng.standard_normal((9, 5, 5))
+    rows = np.array([7, 2, 4])
+    a, b, h = (rng.standard_normal((3, 5)) for _ in range(3))
+    expected = K.copy()
+    block = expected[rows]
+    block += a[:, :, None] * b[:, None, :]
+    expected[rows] = block
+    got = K.copy()
+    rows_add_outer(got, rows, a, b)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_allclose(rows_matvec(K, rows, h), np.einsum("tab,tb->ta", K[rows], h), rtol=1e-13)
 
 
 def test_the_round_size_defaults_to_the_backends(rng, monkeypatch):
@@ -256,6 +273,21 @@ def test_stacked_polish_keeps_each_layers_count(rng):
     results = solve_many(probs, "wanda", polish=True)
     assert [int(r.mask.sum()) for r in results] == [q.kept for q in probs]
     assert results[0].info["local_search_moves"] > 0
+
+
+@pytest.mark.gpu
+def test_row_block_updates_on_the_gpu_are_the_cpus(rng):
+    import cupy
+
+    K = rng.standard_normal((9, 5, 5))
+    rows = np.array([7, 2, 4])
+    a, b, h = (rng.standard_normal((3, 5)) for _ in range(3))
+    Kg = cupy.asarray(K)
+    rows_add_outer(Kg, cupy.asarray(rows), cupy.asarray(a), cupy.asarray(b))
+    rows_add_outer(K, rows, a, b)
+    np.testing.assert_allclose(cupy.asnumpy(Kg), K, rtol=1e-14)
+    np.testing.assert_allclose(cupy.asnumpy(rows_matvec(Kg, cupy.asarray(rows), cupy.asarray(h))),
+                               rows_matvec(K, rows, h), rtol=1e-12)
 
 
 @pytest.mark.gpu
