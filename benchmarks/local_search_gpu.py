@@ -153,7 +153,7 @@ def main() -> None:
     todo = problems(args)
     if not todo:
         raise SystemExit("no problems: give a folder of .npz files and/or --synthetic")
-    warm_up(names, device, args.sparsity, args.pattern)
+    warm_up(names + ([args.profile] if args.profile else []), device, args.sparsity, args.pattern)
     rows = []
     for label, p in todo:
         cache: dict = {}

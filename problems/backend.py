@@ -62,13 +62,14 @@ def count_at_least(u, cand, chunk: int = 4096):
 def rows_matvec(K, rows, h):
     """(t × m) with row t = K[rows[t]] @ h[t], for K (b × m × m), rows (t,) distinct, h (t × m).
 
-    NumPy reads each m × m block in place, one product per row (no t × m × m copy: on a CPU the
-    copy costs more than the products); CuPy gathers the blocks and runs one batched contraction.
+    NumPy reads each m × m block in place, one contraction per row (no t × m × m copy: on a CPU
+    the copy costs more than the products); CuPy gathers the blocks and runs one batched
+    contraction. Both sum in ``einsum``'s order, so NumPy's rows are the batched form's bits.
     """
     if array_module(K) is np:
         out = np.empty(h.shape, dtype=np.result_type(K, h))
-        for t, r in enumerate(rows.tolist()):
-            np.matmul(K[r], h[t], out=out[t])
+        for t, r in enumerate(np.asarray(rows).tolist()):
+            np.einsum("ab,b->a", K[r], h[t], out=out[t])
         return out
     return array_module(K).einsum("tab,tb->ta", K[rows], h)
 
@@ -80,7 +81,7 @@ def rows_add_outer(K, rows, a, b) -> None:
     scatters the blocks. The products a[t]_i b[t]_j are the same on both, bit for bit.
     """
     if array_module(K) is np:
-        for t, r in enumerate(rows.tolist()):
+        for t, r in enumerate(np.asarray(rows).tolist()):
             K[r] += np.multiply.outer(a[t], b[t])
         return
     block = K[rows]

@@ -310,9 +310,9 @@ def batched_move_search(Hn, G, mask, xp, *, moves_per_round: int, max_moves: int
     ``solvers.polish.MOVES_PER_ROUND``), while the best addition beats the cheapest removal by
     ``rel_tol`` × Σ g_Sᵀx; at most ``max_moves`` moves (default no cap); ``moves_per_round=1``
     makes the reference's ``move_search`` moves. The count stays the same. A round touches at most
-    ``round_entries`` // m² rows (m slots per row; default 2²⁴ entries on NumPy, 2²⁷ on CuPy), so
-    each of its two K temporaries (rows × m × m, float64) stays under 128 MiB / 1 GiB: at LLaMA-3-8B's
-    4096 × 4096 at 70 % (m ≈ 1240) a GPU round takes at most 87 rows.
+    ``round_entries`` // m² rows (m: slots per row, the largest count + ``spare``); the default caps
+    CuPy at 2²⁸ entries, so the round's gathered K blocks and their update (rows × m × m float64
+    each) stay under 2 GiB apiece, and leaves NumPy uncapped (it updates K's blocks in place).
     """
     mask = xp.array(mask, dtype=bool, copy=True)
     out, n = mask.shape
@@ -328,11 +328,15 @@ def batched_move_search(Hn, G, mask, xp, *, moves_per_round: int, max_moves: int
     cheapest_at = xp.argmin(costs, axis=1)
     cheapest = costs[xp.arange(out), cheapest_at]
     del gains, costs
-    round_entries = round_entries or (1 << 24 if xp is np else 1 << 27)
-    full = max(1, min(int(moves_per_round), round_entries // st.slots ** 2))
-    moves, per_round = 0, full
+    cap = round_entries if round_entries is not None else (None if xp is np else 1 << 28)
+
+    def full_round() -> int:  # the round size, under the cap at the current slot count (st.grow widens it)
+        return max(1, int(moves_per_round) if cap is None else min(int(moves_per_round), cap // st.slots ** 2))
+
+    moves, per_round = 0, full_round()
     while max_moves is None or moves < max_moves:
-        room = per_round if max_moves is None else min(per_round, max_moves - moves)
+        full = full_round()
+        room = min(per_round, full) if max_moves is None else min(per_round, full, max_moves - moves)
         accepted, first_failed = _move_round(st, room, tol, best_add, best_gain, cheapest, cheapest_at, spare)
         moves += accepted
         if accepted == 0:
