@@ -61,21 +61,31 @@ def polished(base, p: LayerProblem, device: str, **options) -> tuple[float, floa
     return q.relative_error(W), base.seconds + time.perf_counter() - t0, info
 
 
+def polished_start(name: str) -> str | None:
+    """The plain method whose cached answer variant ``name`` polishes (METHOD-polish@N, alps-ls-joint)."""
+    if "@" in name:
+        return name.partition("@")[0].removesuffix("-polish")
+    return "alps" if name == "alps-ls-joint" else None
+
+
+def plain_answer(p: LayerProblem, method: str, device: str, cache: dict):
+    """``method``'s plain answer on ``p`` (``PLAIN``), solved once per ``cache``."""
+    if method not in cache:
+        cache[method] = solve(p, method, device=device, **PLAIN[method])
+    return cache[method]
+
+
 def run_variant(name: str, p: LayerProblem, device: str, cache: dict) -> tuple[float, float, dict]:
     """(relative error, seconds, info) of one variant (``check_variant``) on ``p``; ``cache`` keeps the
     plain ALPS and SparseGPT answers for the variants that polish them."""
-    def plain(method: str):
-        if method not in cache:
-            cache[method] = solve(p, method, device=device, **PLAIN[method])
-        return cache[method]
-
-    base, _, size = name.partition("@")
-    if size:  # METHOD-polish@N
-        return polished(plain(base.removesuffix("-polish")), p, device, moves_per_round=int(size))
-    if name == "alps-ls-joint":  # ALPS, then moves and swaps alternated to a joint local optimum
-        return polished(plain("alps"), p, device, rounds=10)
+    start = polished_start(name)
+    if start and "@" in name:  # METHOD-polish@N
+        size = int(name.partition("@")[2])
+        return polished(plain_answer(p, start, device, cache), p, device, moves_per_round=size)
+    if start:  # alps-ls-joint: ALPS, then moves and swaps alternated to a joint local optimum
+        return polished(plain_answer(p, start, device, cache), p, device, rounds=10)
     if name in ("alps", "sparsegpt"):
-        r = plain(name)
+        r = plain_answer(p, name, device, cache)
     elif name == "alps-ls":
         r = solve(p, "alps", device=device, local_search=True)
     else:  # alps-polish, sparsegpt-polish: through solve(..., polish=True), as the pipeline runs it
@@ -104,9 +114,8 @@ def profile_variant(name: str, label: str, p: LayerProblem, device: str, top: in
     import pstats
 
     cache: dict = {}
-    if "@" in name or name == "alps-ls-joint":  # the cached plain answer it polishes: outside the profile
-        method = name.split("-")[0]
-        cache[method] = solve(p, method, device=device, **PLAIN[method])
+    if polished_start(name):  # the plain answer it polishes: solved outside the profile
+        plain_answer(p, polished_start(name), device, cache)
     prof = cProfile.Profile()
     prof.enable()
     run_variant(name, p, device, cache)
