@@ -89,6 +89,16 @@ def rows_add_outer(K, rows, a, b) -> None:
     K[rows] = block
 
 
+def free_device_bytes(xp) -> float:
+    """Bytes an allocation on xp's device can take now: the driver's free memory plus what
+    CuPy's pool holds unused (other processes' use counts against it). ``inf`` on NumPy."""
+    if xp is np:
+        return float("inf")
+    free, _ = xp.cuda.runtime.memGetInfo()
+    pool = xp.get_default_memory_pool()
+    return float(free + pool.total_bytes() - pool.used_bytes())
+
+
 def gpu_available() -> bool:
     """True when CuPy is installed and sees at least one CUDA device."""
     return cupy_or_none() is not None

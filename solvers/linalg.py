@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from layerprune.problems.backend import free_device_bytes
 from layerprune.problems.factorize import checked_cholesky, cholesky_lower, scipy_linalg, with_jitter
 
 
@@ -37,12 +38,7 @@ def syevd_fits(n: int, dtype, xp, margin: float = 1.25) -> bool:
     """Whether the one-call eigendecomposition's workspace (``SYEVD_WORKSPACE`` · n² entries of
     ``dtype``, times ``margin``) fits in the device memory free now (the driver's free memory
     plus what CuPy's pool holds unused). Always True on NumPy."""
-    if xp is np:
-        return True
-    free, _ = xp.cuda.runtime.memGetInfo()
-    pool = xp.get_default_memory_pool()
-    free += pool.total_bytes() - pool.used_bytes()
-    return SYEVD_WORKSPACE * n * n * np.dtype(dtype).itemsize * margin <= free
+    return SYEVD_WORKSPACE * n * n * np.dtype(dtype).itemsize * margin <= free_device_bytes(xp)
 
 
 def inverse_cholesky_upper(H, xp, jitter: bool = True):

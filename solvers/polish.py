@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from layerprune.problems.backend import synchronize
+from layerprune.problems.backend import free_device_bytes, synchronize
 from layerprune.problems.patterns import StackedPattern
 from layerprune.solvers.batched_search import batched_move_search, batched_swap_search
 from layerprune.solvers.pcg import masked_pcg
@@ -36,6 +36,13 @@ POLISH_BUDGET = {"cpu": 1e7, "cuda": 2e11}
 # local search": on the H200, rounds of 1024 cut the polish's seconds 2.7 × after SparseGPT and 1.2 ×
 # after ALPS against rounds of 64 over three SmolLM2 layers, errors within 0.35 %).
 MOVES_PER_ROUND = {"cpu": 64, "cuda": 1024}
+# The move search's K blocks (rows × m × m float64) per group of rows: on NumPy at most 2²⁸ entries
+# (2 GiB); on CuPy at most 2³² (32 GiB) and at most ``STATE_SHARE`` of the device memory free when
+# the layer starts, the rest left to the rebuild's and the rounds' temporaries (each capped at
+# 2²⁷–2²⁸ entries) and to other processes. A fixed 32 GiB ran out of memory at 4096 × 4096 on an
+# H200 shared with three other runs (BENCHMARKS.md, "Batched local search", eighth session).
+STATE_ENTRIES = {"cpu": 1 << 28, "cuda": 1 << 32}
+STATE_SHARE = 0.5
 
 
 def segments(pattern) -> list[slice]:
@@ -67,17 +74,25 @@ def polish_pays(setting: bool | None, mask, pattern, device: str) -> bool:
     return search_cost(mask, segments(pattern)) <= POLISH_BUDGET["cuda" if str(device).startswith("cuda") else "cpu"]
 
 
+def state_entries(xp) -> int:
+    """K entries one group of rows may hold on xp's device now (``STATE_ENTRIES``, ``STATE_SHARE``)."""
+    if xp is np:
+        return STATE_ENTRIES["cpu"]
+    return int(min(STATE_ENTRIES["cuda"], STATE_SHARE * free_device_bytes(xp) // 8))
+
+
 def state_groups(mask, layer: slice, xp, max_entries: int | None = None) -> list[slice]:
     """``layer``'s rows in groups whose move-search state (rows × m², m ≈ the largest count + 8)
-    fits ``max_entries`` (default 2²⁸ on NumPy, 2³² on CuPy: 2 / 32 GiB in float64); moves then
-    stay inside a group (each group keeps its count, so the layer does: still exact, a smaller
-    neighbourhood). One group when it fits (every layer of SmolLM2; LLaMA-8B's 4096 × 4096)."""
+    fits ``max_entries`` (default ``state_entries(xp)``); moves then stay inside a group (each
+    group keeps its count, so the layer does: still exact, a smaller neighbourhood). One group
+    when it fits: every layer of SmolLM2; LLaMA-3-8B's 4096 × 4096 at 70 % (m ≈ 1237, 6.3 · 10⁹
+    entries, 47 GiB) takes two on an idle H200."""
     start, stop, _ = layer.indices(mask.shape[0])
     rows = stop - start
     if rows == 0:
         return [layer]
     m = int(mask[layer].sum(axis=1).max()) + 8
-    max_entries = max_entries or (1 << 28 if xp is np else 1 << 32)
+    max_entries = max_entries or state_entries(xp)
     size = max(1, max_entries // (m * m))
     if size >= rows:
         return [layer]

@@ -5,11 +5,13 @@ against float64 recomputations of the exact objective on a support (a direct sol
 against the pattern.
 """
 
+import types
+
 import numpy as np
 import pytest
 
 from layerprune import LayerProblem, solve, solve_many
-from layerprune.problems.backend import rows_add_outer, rows_matvec
+from layerprune.problems.backend import free_device_bytes, rows_add_outer, rows_matvec
 from layerprune.problems.patterns import parse_pattern
 from layerprune.solvers import polish as polish_module
 from layerprune.solvers.batched_search import SlotSupports, batched_move_search, batched_swap_search
@@ -352,3 +354,29 @@ def test_state_groups_cover_the_layer_and_keep_each_groups_count(rng, monkeypatc
     assert moves > 0
     assert [int(grouped[g].sum()) for g in groups] == [int(mask[g].sum()) for g in groups]
     assert exact_objective(Hn, G, B, grouped) < exact_objective(Hn, G, B, mask)
+
+
+class _FakeDevice:
+    """Stands in for CuPy where only the memory queries are read: ``free`` bytes free on the
+    device, ``slack`` bytes held unused by the pool."""
+
+    def __init__(self, free: int, slack: int) -> None:
+        total = 5 * slack + 7  # any pool size above its unused part
+        self.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (free, 1 << 40)))
+        self.get_default_memory_pool = lambda: types.SimpleNamespace(total_bytes=lambda: total,
+                                                                     used_bytes=lambda: total - slack)
+
+
+def test_gpu_state_groups_take_half_the_free_memory_at_most_32_gib():
+    gib = 1 << 30
+    tight = _FakeDevice(free=10 * gib, slack=2 * gib)
+    assert free_device_bytes(tight) == 12 * gib and free_device_bytes(np) == float("inf")
+    assert polish_module.state_entries(tight) == 12 * gib // 2 // 8
+    assert polish_module.state_entries(_FakeDevice(free=140 * gib, slack=0)) == 1 << 32
+    assert polish_module.state_entries(np) == 1 << 28
+    # LLaMA-3-8B's 4096 × 4096 at 70 %: m = 1229 + 8 slots, 4096 · 1237² ≈ 6.3e9 entries
+    mask = np.zeros((4096, 4096), dtype=bool)
+    mask[:, :1229] = True
+    assert len(polish_module.state_groups(mask, slice(None), _FakeDevice(free=140 * gib, slack=0))) == 2
+    groups = polish_module.state_groups(mask, slice(None), tight)  # 0.8e9 entries: 526 rows a group
+    assert len(groups) == 8 and all(g.stop - g.start <= 12 * gib // 16 // 1237**2 for g in groups)
