@@ -336,15 +336,16 @@ def batched_move_search(Hn, G, mask, xp, *, moves_per_round: int, max_moves: int
     moves, per_round = 0, full_round()
     while max_moves is None or moves < max_moves:
         full = full_round()
-        room = min(per_round, full) if max_moves is None else min(per_round, full, max_moves - moves)
+        limit = full if max_moves is None else min(full, max_moves - moves)  # the largest round allowed now
+        room = min(per_round, limit)
         accepted, first_failed = _move_round(st, room, tol, best_add, best_gain, cheapest, cheapest_at, spare)
         moves += accepted
         if accepted == 0:
             if first_failed is None or room == 1:
                 break  # no addition beats the cheapest removal (the reference's test): a local optimum
-            # an empty round: retry with the full round (swaps in lower-ranked rows), then one at a
-            # time (it pairs the best addition with the cheapest removal of any other row)
-            per_round = full if room < full else 1
+            # an empty round: retry with the largest round allowed (swaps in lower-ranked rows), then
+            # one at a time (it pairs the best addition with the cheapest removal of any other row)
+            per_round = limit if room < limit else 1
         else:  # twice the moves the last round kept (few are kept near the optimum), capped
             per_round = min(full, 2 * accepted)
     return st.kept.copy(), moves
