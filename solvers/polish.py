@@ -37,12 +37,13 @@ POLISH_BUDGET = {"cpu": 1e7, "cuda": 2e11}
 # after ALPS against rounds of 64 over three SmolLM2 layers, errors within 0.35 %).
 MOVES_PER_ROUND = {"cpu": 64, "cuda": 1024}
 # The move search's K blocks (rows × m × m float64) per group of rows: on NumPy at most 2²⁸ entries
-# (2 GiB); on CuPy at most 2³² (32 GiB) and at most ``STATE_SHARE`` of the device memory free when
-# the layer starts, the rest left to the rebuild's and the rounds' temporaries (each capped at
-# 2²⁷–2²⁸ entries) and to other processes. A fixed 32 GiB ran out of memory at 4096 × 4096 on an
-# H200 shared with three other runs (BENCHMARKS.md, "Batched local search", eighth session).
+# (2 GiB); on CuPy at most 2³² (32 GiB) and at most ``STATE_SHARE`` of the device memory free when the
+# layer starts. A third: widening the slots (``SlotSupports.grow``) holds the old K and the new one at
+# once, and the last third is left to the rebuild's and the rounds' temporaries (each capped at 2²⁷–2²⁸
+# entries) and to other processes. A fixed 32 GiB ran out of memory at 4096 × 4096 on an H200 shared
+# with three other runs and the GPU tests (BENCHMARKS.md, "Batched local search", eighth session).
 STATE_ENTRIES = {"cpu": 1 << 28, "cuda": 1 << 32}
-STATE_SHARE = 0.5
+STATE_SHARE = 1 / 3
 
 
 def segments(pattern) -> list[slice]:
@@ -85,8 +86,8 @@ def state_groups(mask, layer: slice, xp, max_entries: int | None = None) -> list
     """``layer``'s rows in groups whose move-search state (rows × m², m ≈ the largest count + 8)
     fits ``max_entries`` (default ``state_entries(xp)``); moves then stay inside a group (each
     group keeps its count, so the layer does: still exact, a smaller neighbourhood). One group
-    when it fits: every layer of SmolLM2; LLaMA-3-8B's 4096 × 4096 at 70 % (m ≈ 1237, 6.3 · 10⁹
-    entries, 47 GiB) takes two on an idle H200."""
+    when it fits: every layer of SmolLM2; a 4096 × 4096 layer at 70 % (m = 1318 on the synthetic one
+    measured: 7.1 · 10⁹ entries, 53 GiB) takes two on an idle H200."""
     start, stop, _ = layer.indices(mask.shape[0])
     rows = stop - start
     if rows == 0:

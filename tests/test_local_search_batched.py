@@ -391,16 +391,16 @@ class _FakeDevice:
                                                                      used_bytes=lambda: total - slack)
 
 
-def test_gpu_state_groups_take_half_the_free_memory_at_most_32_gib():
+def test_gpu_state_groups_take_a_third_of_the_free_memory_at_most_32_gib():
     gib = 1 << 30
     tight = _FakeDevice(free=10 * gib, slack=2 * gib)
     assert free_device_bytes(tight) == 12 * gib and free_device_bytes(np) == float("inf")
-    assert polish_module.state_entries(tight) == 12 * gib // 2 // 8
+    assert polish_module.state_entries(tight) == 12 * gib // 3 // 8
     assert polish_module.state_entries(_FakeDevice(free=140 * gib, slack=0)) == 1 << 32
     assert polish_module.state_entries(np) == 1 << 28
-    # LLaMA-3-8B's 4096 × 4096 at 70 %: m = 1229 + 8 slots, 4096 · 1237² ≈ 6.3e9 entries
+    # a 4096 × 4096 layer at 70 % with 1229 entries in every row: m = 1237 slots, 4096 · 1237² ≈ 6.3e9 entries
     mask = np.zeros((4096, 4096), dtype=bool)
     mask[:, :1229] = True
     assert len(polish_module.state_groups(mask, slice(None), _FakeDevice(free=140 * gib, slack=0))) == 2
-    groups = polish_module.state_groups(mask, slice(None), tight)  # 0.8e9 entries: 526 rows a group
-    assert len(groups) == 8 and all(g.stop - g.start <= 12 * gib // 16 // 1237**2 for g in groups)
+    groups = polish_module.state_groups(mask, slice(None), tight)  # 2²⁹ entries: at most 350 rows a group
+    assert len(groups) == 12 and all(g.stop - g.start <= 12 * gib // 3 // 8 // 1237**2 for g in groups)
