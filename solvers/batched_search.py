@@ -38,6 +38,7 @@ import numpy as np
 from layerprune.problems.backend import rows_add_outer, rows_matvec
 
 INF = float("inf")
+SPARE_SLOTS = 8  # the move search's slots beyond the largest row count (more are added as rows grow)
 
 
 class SlotSupports:
@@ -303,7 +304,7 @@ def _swap_deltas(st: SlotSupports, rows, col_group, xp):
 
 
 def batched_move_search(Hn, G, mask, xp, *, moves_per_round: int, max_moves: int | None = None,
-                        rel_tol: float = 1e-12, spare: int = 8, round_entries: int | None = None) -> tuple:
+                        rel_tol: float = 1e-12, spare: int = SPARE_SLOTS, round_entries: int | None = None) -> tuple:
     """Improve ``mask`` (out × in, bool, on xp) under one count per layer by exact moves; returns (mask, moves).
 
     Rounds of up to ``moves_per_round`` moves (see the module; the polish's per-backend choice is

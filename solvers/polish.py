@@ -24,7 +24,7 @@ import numpy as np
 
 from layerprune.problems.backend import free_device_bytes, synchronize
 from layerprune.problems.patterns import StackedPattern
-from layerprune.solvers.batched_search import batched_move_search, batched_swap_search
+from layerprune.solvers.batched_search import SPARE_SLOTS, batched_move_search, batched_swap_search
 from layerprune.solvers.pcg import masked_pcg
 
 # out · k² · in up to which ``polish=None`` polishes, per device kind. CPU: ALPS's small-problem
@@ -83,7 +83,7 @@ def state_entries(xp) -> int:
 
 
 def state_groups(mask, layer: slice, xp, max_entries: int | None = None) -> list[slice]:
-    """``layer``'s rows in groups whose move-search state (rows × m², m ≈ the largest count + 8)
+    """``layer``'s rows in groups whose move-search state (rows × m², m = the largest count + ``SPARE_SLOTS``)
     fits ``max_entries`` (default ``state_entries(xp)``); moves then stay inside a group (each
     group keeps its count, so the layer does: still exact, a smaller neighbourhood). One group
     when it fits: every layer of SmolLM2; a 4096 × 4096 layer at 70 % (m = 1318 on the synthetic one
@@ -92,7 +92,7 @@ def state_groups(mask, layer: slice, xp, max_entries: int | None = None) -> list
     rows = stop - start
     if rows == 0:
         return [layer]
-    m = int(mask[layer].sum(axis=1).max()) + 8
+    m = int(mask[layer].sum(axis=1).max()) + SPARE_SLOTS
     max_entries = max_entries or state_entries(xp)
     size = max(1, max_entries // (m * m))
     if size >= rows:
