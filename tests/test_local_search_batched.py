@@ -150,7 +150,8 @@ def test_batched_moves_reach_a_local_optimum_of_the_references_test(rng):
 def test_a_move_budget_below_the_round_size_still_ends_at_a_local_optimum(rng, monkeypatch):
     """max_moves below moves_per_round (the GPU's rounds of 1024 on a 16-row layer: 800 moves), from a
     local optimum: the empty rounds go to one move at a time and stop, as without the budget. The
-    round counter fails the test where the search would loop (it did on the GPU before the fix)."""
+    round counter fails the test where the search would loop, as it did before the fix (the GPU test of
+    ALPS's stacked solve hung there: its 16-row layer's budget is 800 moves, the GPU's round 1024)."""
     from layerprune.solvers import batched_search
 
     Hn, G, B = normalized(rng, 16, 32)
@@ -170,6 +171,7 @@ def test_a_move_budget_below_the_round_size_still_ends_at_a_local_optimum(rng, m
     rounds.clear()  # and from a poor support, the budget is spent or a local optimum reached
     new, moves = batched_move_search(Hn, G, start_mask(B, "unstructured", 0.7), np, moves_per_round=1024, max_moves=7)
     assert moves == 7 and max(rounds) <= 7
+
 
 def test_every_accepted_round_of_moves_lowers_the_exact_objective(rng):
     """Rounds of 4 moves: the support after 4, 8, 12 … moves has a strictly lower exact objective
