@@ -39,6 +39,7 @@ from layerprune.problems.backend import rows_add_outer, rows_matvec
 
 INF = float("inf")
 SPARE_SLOTS = 8  # the move search's slots beyond the largest row count (more are added as rows grow)
+ROUND_ENTRIES = 1 << 28  # K entries one round of moves may touch on CuPy (its temporaries: 2 GiB each)
 
 
 class SlotSupports:
@@ -312,7 +313,7 @@ def batched_move_search(Hn, G, mask, xp, *, moves_per_round: int, max_moves: int
     ``rel_tol`` × Σ g_Sᵀx; at most ``max_moves`` moves (default no cap); ``moves_per_round=1``
     makes the reference's ``move_search`` moves. The count stays the same. A round touches at most
     ``round_entries`` // m² rows (m: slots per row, the largest count + ``spare``); the default caps
-    CuPy at 2²⁸ entries, so the round's gathered K blocks and their update (rows × m × m float64
+    CuPy at ``ROUND_ENTRIES`` (2²⁸), so the round's gathered K blocks and their update (rows × m × m float64
     each) stay under 2 GiB apiece, and leaves NumPy uncapped (it updates K's blocks in place).
     """
     mask = xp.array(mask, dtype=bool, copy=True)
@@ -329,7 +330,7 @@ def batched_move_search(Hn, G, mask, xp, *, moves_per_round: int, max_moves: int
     cheapest_at = xp.argmin(costs, axis=1)
     cheapest = costs[xp.arange(out), cheapest_at]
     del gains, costs
-    cap = round_entries if round_entries is not None else (None if xp is np else 1 << 28)
+    cap = round_entries if round_entries is not None else (None if xp is np else ROUND_ENTRIES)
 
     def full_round() -> int:  # the round size, under the cap at the current slot count (st.grow widens it)
         return max(1, int(moves_per_round) if cap is None else min(int(moves_per_round), cap // st.slots ** 2))
