@@ -59,34 +59,109 @@ def count_at_least(u, cand, chunk: int = 4096):
     return _count_ge(u, cand[:, None], axis=1)
 
 
+# In-place row-block kernels for CuPy: K (b × m × m, C order) is read and written where it lies, so
+# neither a t × m × m gather nor its scatter back is made. The product is rounded before the add
+# (``__dmul_rn`` / ``__fmul_rn`` are never fused into an FMA), so ``rows_add_outer`` gives NumPy's bits.
+_ROW_BLOCK_KERNELS = r"""
+template<typename T> __device__ T mul_rn(T a, T b);
+template<> __device__ double mul_rn<double>(double a, double b) { return __dmul_rn(a, b); }
+template<> __device__ float mul_rn<float>(float a, float b) { return __fmul_rn(a, b); }
+
+// K[rows[s]][p][q] += a[s][p] * b[s][q], one thread per (s, p, q)
+template<typename T>
+__global__ void rows_add_outer(T* K, const long long* rows, const T* a, const T* b, long long t, long long m) {
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    long long mm = m * m;
+    if (i >= t * mm) return;
+    long long s = i / mm, pq = i - s * mm, p = pq / m, q = pq - p * m;
+    K[rows[s] * mm + pq] += mul_rn(a[s * m + p], b[s * m + q]);
+}
+
+// out[s][p] = sum_q K[rows[s]][p][q] * h[s][q], one warp per (s, p)
+template<typename T>
+__global__ void rows_matvec(const T* K, const long long* rows, const T* h, T* out, long long t, long long m) {
+    long long warp = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (warp >= t * m) return;  // whole warps: blockDim is a multiple of 32
+    long long s = warp / m, p = warp - s * m;
+    const T* Kp = K + (rows[s] * m + p) * m;
+    const T* hs = h + s * m;
+    T acc = 0;
+    for (long long q = lane; q < m; q += 32) acc += Kp[q] * hs[q];
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+    if (lane == 0) out[s * m + p] = acc;
+}
+"""
+_KERNEL_TYPES = {np.dtype(np.float64): "double", np.dtype(np.float32): "float"}
+_THREADS = 256
+
+
+@functools.lru_cache(maxsize=1)
+def _row_block_module():
+    names = [f"{k}<{t}>" for k in ("rows_add_outer", "rows_matvec") for t in _KERNEL_TYPES.values()]
+    return cupy_or_none().RawModule(code=_ROW_BLOCK_KERNELS, options=("-std=c++14",), name_expressions=names)
+
+
+def _row_block_kernel(name: str, dtype):
+    return _row_block_module().get_function(f"{name}<{_KERNEL_TYPES[np.dtype(dtype)]}>")
+
+
+def _in_place_ok(K) -> bool:
+    """CuPy's kernels take C-ordered float32/float64 K; anything else takes the gathering path."""
+    return np.dtype(K.dtype) in _KERNEL_TYPES and K.flags.c_contiguous
+
+
 def rows_matvec(K, rows, h):
     """(t × m) with row t = K[rows[t]] @ h[t], for K (b × m × m), rows (t,) distinct, h (t × m).
 
-    NumPy reads each m × m block in place, one contraction per row (no t × m × m copy: on a CPU
-    the copy costs more than the products); CuPy gathers the blocks and runs one batched
-    contraction. Both sum in ``einsum``'s order, so NumPy's rows are the batched form's bits.
+    Both backends read each m × m block in place (no t × m × m copy): NumPy one contraction per
+    row, in ``einsum``'s order; CuPy one warp per output entry (its own summation order).
     """
-    if array_module(K) is np:
+    xp = array_module(K)
+    if xp is np:
         out = np.empty(h.shape, dtype=np.result_type(K, h))
         for t, r in enumerate(np.asarray(rows).tolist()):
             np.einsum("ab,b->a", K[r], h[t], out=out[t])
         return out
-    return array_module(K).einsum("tab,tb->ta", K[rows], h)
+    if not _in_place_ok(K):
+        return xp.einsum("tab,tb->ta", K[rows], h)
+    t, m = int(h.shape[0]), int(K.shape[1])
+    out = xp.empty((t, m), dtype=K.dtype)
+    if t and m:
+        rows = xp.ascontiguousarray(rows, dtype=np.int64)
+        h = xp.ascontiguousarray(h, dtype=K.dtype)
+        warps = t * m
+        _row_block_kernel("rows_matvec", K.dtype)(
+            ((warps * 32 + _THREADS - 1) // _THREADS,), (_THREADS,), (K, rows, h, out, np.int64(t), np.int64(m)))
+    return out
 
 
 def rows_add_outer(K, rows, a, b) -> None:
     """K[rows[t]] += a[t] b[t]ᵀ in place, for K (b × m × m), rows (t,) distinct, a and b (t × m).
 
-    NumPy updates each m × m block in place (no t × m × m copy); CuPy gathers, updates and
-    scatters the blocks. The products a[t]_i b[t]_j are the same on both, bit for bit.
+    Both backends update each m × m block where it lies (no t × m × m copy): NumPy one block at a
+    time, CuPy one thread per entry. The products a[t]_i b[t]_j are rounded before the add on both,
+    so the result is the same bit for bit.
     """
-    if array_module(K) is np:
+    xp = array_module(K)
+    if xp is np:
         for t, r in enumerate(np.asarray(rows).tolist()):
             K[r] += np.multiply.outer(a[t], b[t])
         return
-    block = K[rows]
-    block += a[:, :, None] * b[:, None, :]
-    K[rows] = block
+    if not _in_place_ok(K):
+        block = K[rows]
+        block += a[:, :, None] * b[:, None, :]
+        K[rows] = block
+        return
+    t, m = int(a.shape[0]), int(K.shape[1])
+    if t == 0 or m == 0:
+        return
+    rows = xp.ascontiguousarray(rows, dtype=np.int64)
+    a = xp.ascontiguousarray(a, dtype=K.dtype)
+    b = xp.ascontiguousarray(b, dtype=K.dtype)
+    total = t * m * m
+    _row_block_kernel("rows_add_outer", K.dtype)(
+        ((total + _THREADS - 1) // _THREADS,), (_THREADS,), (K, rows, a, b, np.int64(t), np.int64(m)))
 
 
 def free_device_bytes(xp) -> float:

@@ -39,7 +39,6 @@ from layerprune.problems.backend import rows_add_outer, rows_matvec
 
 INF = float("inf")
 SPARE_SLOTS = 8  # the move search's slots beyond the largest row count (more are added as rows grow)
-ROUND_ENTRIES = 1 << 28  # K entries one round of moves may touch on CuPy (its temporaries: 2 GiB each)
 
 
 class SlotSupports:
@@ -305,16 +304,15 @@ def _swap_deltas(st: SlotSupports, rows, col_group, xp):
 
 
 def batched_move_search(Hn, G, mask, xp, *, moves_per_round: int, max_moves: int | None = None,
-                        rel_tol: float = 1e-12, spare: int = SPARE_SLOTS, round_entries: int | None = None) -> tuple:
+                        rel_tol: float = 1e-12, spare: int = SPARE_SLOTS) -> tuple:
     """Improve ``mask`` (out × in, bool, on xp) under one count per layer by exact moves; returns (mask, moves).
 
     Rounds of up to ``moves_per_round`` moves (see the module; the polish's per-backend choice is
     ``solvers.polish.MOVES_PER_ROUND``), while the best addition beats the cheapest removal by
     ``rel_tol`` × Σ g_Sᵀx; at most ``max_moves`` moves (default no cap); ``moves_per_round=1``
-    makes the reference's ``move_search`` moves. The count stays the same. A round touches at most
-    ``round_entries`` // m² rows (m: slots per row, the largest count + ``spare``); the default caps
-    CuPy at ``ROUND_ENTRIES`` (2²⁸), so the round's gathered K blocks and their update (rows × m × m float64
-    each) stay under 2 GiB apiece, and leaves NumPy uncapped (it updates K's blocks in place).
+    makes the reference's ``move_search`` moves. The count stays the same. A round's rank-one updates
+    work on K's blocks in place (``rows_add_outer``, ``rows_matvec``), so its temporaries are a few
+    rows × (in + m) arrays whatever the round size.
     """
     mask = xp.array(mask, dtype=bool, copy=True)
     out, n = mask.shape
@@ -330,14 +328,9 @@ def batched_move_search(Hn, G, mask, xp, *, moves_per_round: int, max_moves: int
     cheapest_at = xp.argmin(costs, axis=1)
     cheapest = costs[xp.arange(out), cheapest_at]
     del gains, costs
-    cap = round_entries if round_entries is not None else (None if xp is np else ROUND_ENTRIES)
-
-    def full_round() -> int:  # the round size, under the cap at the current slot count (st.grow widens it)
-        return max(1, int(moves_per_round) if cap is None else min(int(moves_per_round), cap // st.slots ** 2))
-
-    moves, per_round = 0, full_round()
+    full = max(1, int(moves_per_round))
+    moves, per_round = 0, full
     while max_moves is None or moves < max_moves:
-        full = full_round()
         limit = full if max_moves is None else min(full, max_moves - moves)  # the largest round allowed now
         room = min(per_round, limit)
         accepted, first_failed = _move_round(st, room, tol, best_add, best_gain, cheapest, cheapest_at, spare)

@@ -39,8 +39,8 @@ MOVES_PER_ROUND = {"cpu": 64, "cuda": 1024}
 # The move search's K blocks (rows × m × m float64) per group of rows: on NumPy at most 2²⁸ entries
 # (2 GiB); on CuPy at most 2³² (32 GiB) and at most ``STATE_SHARE`` of the device memory free when the
 # layer starts. A third: widening the slots (``SlotSupports.grow``) holds the old K and the new one at
-# once, and the last third is left to the rebuild's and the rounds' temporaries (each capped at 2²⁷–2²⁸
-# entries: ``SlotSupports.rebuild``, ``batched_search.ROUND_ENTRIES``) and to other processes. A fixed
+# once, and the last third is left to the rebuild's temporaries (chunks of 2²⁷ gathered entries,
+# ``SlotSupports.rebuild``; a round updates K in place) and to other processes. A fixed
 # 32 GiB ran out of memory at 4096 × 4096 on an H200 shared with three other runs and the GPU tests
 # (BENCHMARKS.md, "Batched local search", eighth session).
 STATE_ENTRIES = {"cpu": 1 << 28, "cuda": 1 << 32}
