@@ -93,7 +93,8 @@ __global__ void rows_matvec(const T* K, const long long* rows, const T* h, T* ou
 }
 """
 _KERNEL_TYPES = {np.dtype(np.float64): "double", np.dtype(np.float32): "float"}
-_THREADS = 256
+_THREADS = 256  # a multiple of 32: the matvec's warps must be whole
+assert _THREADS % 32 == 0
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,13 +103,25 @@ def _row_block_module():
     return cupy_or_none().RawModule(code=_ROW_BLOCK_KERNELS, options=("-std=c++14",), name_expressions=names)
 
 
-def _row_block_kernel(name: str, dtype):
-    return _row_block_module().get_function(f"{name}<{_KERNEL_TYPES[np.dtype(dtype)]}>")
+@functools.cache
+def _row_block_kernel(name: str, dtype: np.dtype):
+    return _row_block_module().get_function(f"{name}<{_KERNEL_TYPES[dtype]}>")
 
 
-def _in_place_ok(K) -> bool:
-    """CuPy's kernels take C-ordered float32/float64 K; anything else takes the gathering path."""
-    return np.dtype(K.dtype) in _KERNEL_TYPES and K.flags.c_contiguous
+def _row_block_args(K, rows, *vectors):
+    """(rows, vectors) ready for a kernel: rows int64 and every vector (t × m) C-ordered, or None when
+    CuPy's kernels do not apply (K not C-ordered float32/float64, or a vector of another dtype: the
+    gathering path then keeps NumPy's type promotion). Shapes are checked: the kernels do not."""
+    xp, m = array_module(K), int(K.shape[1])
+    rows = xp.ascontiguousarray(xp.asarray(rows), dtype=np.int64)
+    t = int(rows.shape[0])
+    for v in vectors:
+        if tuple(v.shape) != (t, m):
+            raise ValueError(f"row-block update: a ({t} × {m}) array was expected, got {tuple(v.shape)}")
+    dtype = np.dtype(K.dtype)
+    if dtype not in _KERNEL_TYPES or not K.flags.c_contiguous or any(np.dtype(v.dtype) != dtype for v in vectors):
+        return None
+    return rows, [xp.ascontiguousarray(v) for v in vectors]
 
 
 def rows_matvec(K, rows, h):
@@ -123,16 +136,15 @@ def rows_matvec(K, rows, h):
         for t, r in enumerate(np.asarray(rows).tolist()):
             np.einsum("ab,b->a", K[r], h[t], out=out[t])
         return out
-    if not _in_place_ok(K):
+    ready = _row_block_args(K, rows, h)
+    if ready is None:
         return xp.einsum("tab,tb->ta", K[rows], h)
-    t, m = int(h.shape[0]), int(K.shape[1])
+    (rows, (h,)), m = ready, int(K.shape[1])
+    t = int(rows.shape[0])
     out = xp.empty((t, m), dtype=K.dtype)
     if t and m:
-        rows = xp.ascontiguousarray(rows, dtype=np.int64)
-        h = xp.ascontiguousarray(h, dtype=K.dtype)
-        warps = t * m
-        _row_block_kernel("rows_matvec", K.dtype)(
-            ((warps * 32 + _THREADS - 1) // _THREADS,), (_THREADS,), (K, rows, h, out, np.int64(t), np.int64(m)))
+        _row_block_kernel("rows_matvec", np.dtype(K.dtype))(
+            ((t * m * 32 + _THREADS - 1) // _THREADS,), (_THREADS,), (K, rows, h, out, np.int64(t), np.int64(m)))
     return out
 
 
@@ -141,27 +153,24 @@ def rows_add_outer(K, rows, a, b) -> None:
 
     Both backends update each m × m block where it lies (no t × m × m copy): NumPy one block at a
     time, CuPy one thread per entry. The products a[t]_i b[t]_j are rounded before the add on both,
-    so the result is the same bit for bit.
+    so the result is the same bit for bit. Rows must be distinct (CuPy's threads would race).
     """
     xp = array_module(K)
     if xp is np:
         for t, r in enumerate(np.asarray(rows).tolist()):
             K[r] += np.multiply.outer(a[t], b[t])
         return
-    if not _in_place_ok(K):
+    ready = _row_block_args(K, rows, a, b)
+    if ready is None:
         block = K[rows]
         block += a[:, :, None] * b[:, None, :]
         K[rows] = block
         return
-    t, m = int(a.shape[0]), int(K.shape[1])
-    if t == 0 or m == 0:
-        return
-    rows = xp.ascontiguousarray(rows, dtype=np.int64)
-    a = xp.ascontiguousarray(a, dtype=K.dtype)
-    b = xp.ascontiguousarray(b, dtype=K.dtype)
-    total = t * m * m
-    _row_block_kernel("rows_add_outer", K.dtype)(
-        ((total + _THREADS - 1) // _THREADS,), (_THREADS,), (K, rows, a, b, np.int64(t), np.int64(m)))
+    (rows, (a, b)), m = ready, int(K.shape[1])
+    total = int(rows.shape[0]) * m * m
+    if total:
+        _row_block_kernel("rows_add_outer", np.dtype(K.dtype))(
+            ((total + _THREADS - 1) // _THREADS,), (_THREADS,), (K, rows, a, b, np.int64(rows.shape[0]), np.int64(m)))
 
 
 def free_device_bytes(xp) -> float:

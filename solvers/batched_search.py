@@ -289,7 +289,8 @@ def _swap_deltas(st: SlotSupports, rows, col_group, xp):
     With u = U[p, i]: −r_i²/s_i + (x_p − u r_i/s_i)² / (K_pp + u²/s_i) (the reference's formula).
     """
     U, r, s, x = st.U[rows], st.r[rows], st.s[rows], st.x[rows]
-    kdiag = xp.diagonal(st.K[rows], axis1=1, axis2=2)
+    slot = xp.arange(st.slots)
+    kdiag = st.K[rows[:, None], slot, slot]  # the rows' diagonals, not their m × m blocks
     ok = ~st.kept[rows] & (s > 1e-12)
     s1 = xp.where(ok, s, 1.0)
     step = r / s1

@@ -298,13 +298,36 @@ def test_row_block_updates_on_the_gpu_are_the_cpus(rng, m, dtype):
     rows = np.array([7, 2, 4])
     a, b, h = (rng.standard_normal((3, m)).astype(dtype) for _ in range(3))
     Kg = cupy.asarray(K)
-    rows_add_outer(Kg, cupy.asarray(rows), cupy.asarray(a), cupy.asarray(b))
+    wide = cupy.zeros((3, 2 * m), dtype=dtype)  # a strided b, as the removal's column gather K[rows, :, p] can be
+    wide[:, ::2] = cupy.asarray(b)
+    rows_add_outer(Kg, cupy.asarray(rows), cupy.asarray(a), wide[:, ::2])
     rows_add_outer(K, rows, a, b)
     np.testing.assert_array_equal(cupy.asnumpy(Kg), K)
-    got = cupy.asnumpy(rows_matvec(Kg, cupy.asarray(rows), cupy.asarray(h)))
+    with pytest.raises(ValueError, match="expected"):
+        rows_add_outer(Kg, cupy.asarray(rows), cupy.asarray(a[:2]), cupy.asarray(b[:2]))
+    got = cupy.asnumpy(rows_matvec(Kg, rows, cupy.asarray(h)))  # host rows are taken too
     assert got.dtype == dtype
     np.testing.assert_allclose(got, rows_matvec(K, rows, h), rtol=1e-12 if dtype == np.float64 else 1e-4,
                                atol=1e-12 if dtype == np.float64 else 1e-4)
+
+
+@pytest.mark.gpu
+def test_wide_rounds_on_the_gpu_reach_the_cpus_optimum(rng):
+    """Rounds wider than the layer (1024 moves, 48 rows) with m ≈ 520 slots, large enough that the
+    in-place kernels run many thread blocks per row: the GPU's search keeps the count and ends at the
+    CPU's objective (float64 recomputation), the masks equal up to rounding-order ties."""
+    import cupy
+
+    Hn, G, B = normalized(rng, 48, 1024)
+    mask = start_mask(B, "unstructured", 0.5)
+    cpu, n_cpu = batched_move_search(Hn, G, mask, np, moves_per_round=1024)
+    gpu, n_gpu = batched_move_search(cupy.asarray(Hn), cupy.asarray(G), cupy.asarray(mask), cupy, moves_per_round=1024)
+    gpu = cupy.asnumpy(gpu)
+    assert n_cpu > 0 and int(gpu.sum()) == int(mask.sum())
+    start, f_cpu, f_gpu = (exact_objective(Hn, G, B, m) for m in (mask, cpu, gpu))
+    assert f_cpu < start
+    assert f_gpu == pytest.approx(f_cpu, rel=1e-6)
+    assert (gpu != cpu).mean() < 1e-3
 
 
 @pytest.mark.gpu
