@@ -313,7 +313,7 @@ def test_row_block_updates_on_the_gpu_are_the_cpus(rng, m, dtype):
 
 @pytest.mark.gpu
 def test_wide_rounds_on_the_gpu_reach_the_cpus_optimum(rng):
-    """Rounds wider than the layer (1024 moves, 48 rows) with m ≈ 520 slots, large enough that the
+    """Rounds wider than the layer (1024 moves, 48 rows) with m ≈ 550 slots, large enough that the
     in-place kernels run many thread blocks per row: the GPU's search keeps the count and ends at the
     CPU's objective (float64 recomputation), the masks equal up to rounding-order ties."""
     import cupy
