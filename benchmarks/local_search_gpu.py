@@ -9,7 +9,9 @@ of the per-layer ratios to plain ALPS and to SparseGPT, and the ratio of total s
 Variants: ``alps`` (``local_search=False``), ``alps-ls`` (ALPS's own ``local_search=True``: moves between
 rows / swaps in rows before its refit), ``alps-polish`` (plain ALPS then ``solve(..., polish=True)``),
 ``alps-ls-joint`` (ALPS then moves and swaps alternated to a joint local optimum, ``solvers.polish.polish``
-with ``rounds=10``), ``sparsegpt``, ``sparsegpt-polish``; ``alps-polish@N`` / ``sparsegpt-polish@N``: the
+with ``rounds=10``), ``sparsegpt``, ``sparsegpt-polish``, ``alps-slow`` and ``alps-slow-polish`` (ALPS
+with ρ raised more slowly, ``benchmarks/variants.py``: the other lever on a layer's error, without and with
+the polish); ``alps-polish@N`` / ``sparsegpt-polish@N``: the
 polish in rounds of N moves (``solvers.polish.polish(moves_per_round=N)``; the plain variants use
 the device's ``MOVES_PER_ROUND``), timed on the cached plain answer plus its seconds. Every variant
 runs once on a small synthetic problem before the timed ones (``warm_up``), so the timings leave out
@@ -28,6 +30,7 @@ import pathlib
 import time
 
 import numpy as np
+from variants import method_and_options
 
 from layerprune import LayerProblem, solve
 from layerprune.problems.backend import resolve_device, synchronize, xp_for
@@ -36,7 +39,7 @@ from layerprune.problems.patterns import parse_pattern
 from layerprune.solvers.polish import polish
 
 VARIANTS = ["alps", "alps-ls", "alps-ls-joint", "sparsegpt", "sparsegpt-polish"]
-KNOWN = VARIANTS + ["alps-polish"]  # and METHOD-polish@N (alps, sparsegpt): the polish in rounds of N moves
+KNOWN = VARIANTS + ["alps-polish", "alps-slow", "alps-slow-polish"]  # and METHOD-polish@N (alps, sparsegpt): the polish in rounds of N moves
 PLAIN = {"alps": {"local_search": False}, "sparsegpt": {}}  # the methods' answers the polish starts from
 
 
@@ -86,6 +89,9 @@ def run_variant(name: str, p: LayerProblem, device: str, cache: dict) -> tuple[f
         return polished(plain_answer(p, start, device, cache), p, device, rounds=10)
     if name in ("alps", "sparsegpt"):
         r = plain_answer(p, name, device, cache)
+    elif name.startswith("alps-slow"):
+        method, options = method_and_options("alps-slow")
+        r = solve(p, method, device=device, local_search=False, polish=name.endswith("-polish"), **options)
     elif name == "alps-ls":
         r = solve(p, "alps", device=device, local_search=True)
     else:  # alps-polish, sparsegpt-polish: through solve(..., polish=True), as the pipeline runs it
