@@ -11,9 +11,8 @@ rows / swaps in rows before its refit), ``alps-polish`` (plain ALPS then ``solve
 ``alps-ls-joint`` (ALPS then moves and swaps alternated to a joint local optimum, ``solvers.polish.polish``
 with ``rounds=10``), ``sparsegpt``, ``sparsegpt-polish``, ``alps-slow`` and ``alps-slow-polish`` (ALPS
 with ρ raised more slowly, ``benchmarks/variants.py``: the other lever on a layer's error, without and with
-the polish); ``alps-polish@N`` / ``sparsegpt-polish@N``: the
-polish in rounds of N moves (``solvers.polish.polish(moves_per_round=N)``; the plain variants use
-the device's ``MOVES_PER_ROUND``), timed on the cached plain answer plus its seconds. Every variant
+the polish); ``alps-polish@N`` / ``sparsegpt-polish@N``: the polish in rounds of N moves
+(``solvers.polish.polish(moves_per_round=N)``; the plain variants use the device's ``MOVES_PER_ROUND``), timed on the cached plain answer plus its seconds. Every variant
 runs once on a small synthetic problem before the timed ones (``warm_up``), so the timings leave out
 CuPy's kernel compilation and the libraries' set-up, except on paths only large problems take.
 ``--synthetic OUTxIN,...`` adds synthetic problems of those shapes (``problems.builders.synthetic_problem``,
