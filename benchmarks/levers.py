@@ -8,6 +8,8 @@ data and the dense perplexity are shared by the rows of one process.
         --levers base,groups,dense,owl,curve,polish,all --device cuda --output levers.json [--shard 0/4]
 
 A lever ``dense@0.25`` is the dense target blended: each layer fits 0.75·X_p Ŵᵀ + 0.25·X_d Ŵᵀ.
+``slow`` is an ALPS option, not a pipeline setting (ρ raised by 1.1 / 1.05 / 1.02 per check instead of the
+published 1.3 / 1.2 / 1.1, ``max_iter=1000``): other methods' rows skip a lever that names it.
 
 ``--shard I/N`` runs rows I, I+N, I+2N, … (several processes can share one GPU: SmolLM2's layers are
 too small to fill it); ``--output`` is rewritten after every row and rows already in it are skipped, so a
@@ -44,7 +46,10 @@ LEVERS: dict[str, dict] = {
     "owl": {"sparsity_profile": "owl"},
     "curve": {"sparsity_profile": "curve"},
     "polish": {"local_search": True},
+    # ALPS only (other methods' rows skip it): ρ raised more slowly than the published 1.3 / 1.2 / 1.1 per check
+    "slow": {"options": {"rho_factors": [1.1, 1.05, 1.02], "max_iter": 1000}},
 }
+OPTION_METHODS = {"slow": "alps"}  # levers that set a method's options, and that method
 LEVERS["all"] = {**LEVERS["groups"], **LEVERS["dense"], **LEVERS["owl"], **LEVERS["polish"]}  # OWL: the cheaper profile
 
 
@@ -56,7 +61,7 @@ def lever_fields(names: str) -> dict:
         base, _, blend = name.partition("@")
         if base not in LEVERS or (blend and base != "dense"):
             sys.exit(f"levers.py: unknown lever {name!r}; the levers are {', '.join(LEVERS)} and dense@BLEND")
-        fields.update(LEVERS[base])
+        fields.update(json.loads(json.dumps(LEVERS[base])))  # a copy: the options dict is per row
         if blend:
             try:
                 fields["target_blend"] = float(blend)
@@ -77,6 +82,11 @@ def plan_rows(methods: str, settings: str, levers: str) -> tuple[list[tuple], li
         for sparsity, pattern in parse_settings(settings):
             planned: dict[str, dict] = {}  # lever name → fields, this method and setting
             for lever in levers.split(","):
+                only = {OPTION_METHODS[n] for n in lever.split("+") if n in OPTION_METHODS}
+                if only and only != {method}:
+                    skipped.append(f"{lever} {method} {setting_label(sparsity, pattern)}: {', '.join(sorted(only))} "
+                                   "only, skipped")
+                    continue
                 fields = lever_fields(lever)
                 fields["sparsity_profile"] = profile_at(fields["sparsity_profile"], pattern)  # N:M stays uniform
                 same = next((name for name, f in planned.items() if f == fields), None)

@@ -76,3 +76,14 @@ def test_the_script_refuses_another_runs_output_before_loading_the_model(levers,
                                       "--levers", "base", "--output", str(out)])
     with pytest.raises(SystemExit, match="eval_tokens 4096 there, 0 here"):
         levers.main()
+
+
+def test_an_alps_option_lever_runs_for_alps_only(levers):
+    plan, skipped = levers.plan_rows("alps,sparsegpt", "0.7", "groups+dense+owl,groups+dense+owl+slow")
+    assert names(plan) == [("groups+dense+owl", "alps", "0.7"), ("groups+dense+owl+slow", "alps", "0.7"),
+                           ("groups+dense+owl", "sparsegpt", "0.7")]
+    assert skipped == ["groups+dense+owl+slow sparsegpt 0.7 unstructured: alps only, skipped"]
+    fields = plan[1][4]
+    assert fields["options"] == {"rho_factors": [1.1, 1.05, 1.02], "max_iter": 1000} and fields["sequential"] == "groups"
+    fields["options"]["max_iter"] = 5  # each row's options are its own
+    assert levers.lever_fields("slow")["options"]["max_iter"] == 1000
