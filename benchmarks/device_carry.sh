@@ -6,7 +6,7 @@
 #   bash benchmarks/device_carry.sh
 # Then, one call right after the other (a lent machine stays warm about 30 s):
 #   call 1: bash .carryA/keep.sh                       carry [".carryA"]
-#   call 2: TESTS_S=240 bash .carryB/jobs.sh 540       carry [".carryB"]   (the GPU tests, then the jobs)
+#   call 2: TESTS_S=300 bash .carryB/jobs.sh 540       carry [".carryB"]   (the GPU tests beside the jobs)
 #   call 3+: bash .carryB/jobs.sh 540                  carry [".carryB"]
 # with the jobs in .carryB/jobs.txt, one per line: NAME<TAB>COMMAND (see benchmarks/device_jobs.sh).
 set -euo pipefail

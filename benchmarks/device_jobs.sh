@@ -7,7 +7,7 @@
 # next call, so give long jobs checkpoints under /root/keep (levers.py --checkpoints /root/keep/ckpt/NAME).
 # Logs: /root/keep/logs/NAME.log; back in $OUT: the logs and /root/keep/*.json (logs.tgz), nvidia-smi
 # every 20 s (smi.txt), the tests' output (gpu_tests.txt).
-#   TESTS_S=240 bash .carryB/jobs.sh 540
+#   TESTS_S=300 bash .carryB/jobs.sh 540   (the GPU tests took 229 s on an H200 shared with three rows)
 set -u
 L=${1:-540}
 K=/root/keep
@@ -22,8 +22,10 @@ if [ ! -f $K/ready ]; then
   touch $K/ready
 fi
 # the checkout as the package layerprune (its top-level modules plus links to the subpackages)
+# (the subpackages as setup.cfg's package_dir maps them: layerprune.NAME = FOLDER)
 mkdir -p /tmp/lp/layerprune && cp layerprune/*.py /tmp/lp/layerprune/
-for d in problems solvers baselines layerwise reports; do ln -sfn "$PWD/$d" "/tmp/lp/layerprune/$d"; done
+sed -n 's/^ *layerprune\.\([a-z_]*\) *= *\([^ ]*\) *$/\1 \2/p' setup.cfg | while read -r name folder; do
+  ln -sfn "$PWD/$folder" "/tmp/lp/layerprune/$name"; done
 export PYTHONPATH=/tmp/lp:$K/site PYTHONUNBUFFERED=1 LAYERPRUNE_CACHE=$K/cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 (while true; do echo "$(( $(date +%s) - T0 )) $(nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader)"; sleep 20; done) > "$OUT/smi.txt" &

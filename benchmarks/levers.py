@@ -30,11 +30,14 @@ row's folder is removed once the row is recorded. Its pruning seconds are then t
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import sys
 import time
 from pathlib import Path
+
+from variants import VARIANTS
 
 # each lever: the PruneSettings fields it sets on top of ``BASE`` (the pipeline before issue 12), so a row
 # means the same whatever PruneSettings' defaults are; ``all`` is every lever at once
@@ -46,8 +49,7 @@ LEVERS: dict[str, dict] = {
     "owl": {"sparsity_profile": "owl"},
     "curve": {"sparsity_profile": "curve"},
     "polish": {"local_search": True},
-    # ALPS only (other methods' rows skip it): ρ raised more slowly than the published 1.3 / 1.2 / 1.1 per check
-    "slow": {"options": {"rho_factors": [1.1, 1.05, 1.02], "max_iter": 1000}},
+    "slow": {"options": VARIANTS["alps-slow"][1]},  # ALPS only (other methods' rows skip it): a slower ρ schedule
 }
 OPTION_METHODS = {"slow": "alps"}  # levers that set a method's options, and that method
 LEVERS["all"] = {**LEVERS["groups"], **LEVERS["dense"], **LEVERS["owl"], **LEVERS["polish"]}  # OWL: the cheaper profile
@@ -61,7 +63,7 @@ def lever_fields(names: str) -> dict:
         base, _, blend = name.partition("@")
         if base not in LEVERS or (blend and base != "dense"):
             sys.exit(f"levers.py: unknown lever {name!r}; the levers are {', '.join(LEVERS)} and dense@BLEND")
-        fields.update(json.loads(json.dumps(LEVERS[base])))  # a copy: the options dict is per row
+        fields.update(copy.deepcopy(LEVERS[base]))  # a copy: the options dict is per row
         if blend:
             try:
                 fields["target_blend"] = float(blend)

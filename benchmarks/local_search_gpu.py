@@ -12,8 +12,9 @@ rows / swaps in rows before its refit), ``alps-polish`` (plain ALPS then ``solve
 with ``rounds=10``), ``sparsegpt``, ``sparsegpt-polish``, ``alps-slow`` and ``alps-slow-polish`` (ALPS
 with ρ raised more slowly, ``benchmarks/variants.py``: the other lever on a layer's error, without and with
 the polish); ``alps-polish@N`` / ``sparsegpt-polish@N``: the polish in rounds of N moves
-(``solvers.polish.polish(moves_per_round=N)``; the plain variants use the device's ``MOVES_PER_ROUND``), timed on the cached plain answer plus its seconds. Every variant
-runs once on a small synthetic problem before the timed ones (``warm_up``), so the timings leave out
+(``solvers.polish.polish(moves_per_round=N)``; the plain variants use the device's ``MOVES_PER_ROUND``),
+timed on the cached plain answer plus its seconds. Every variant runs once on a small synthetic problem
+before the timed ones (``warm_up``), so the timings leave out
 CuPy's kernel compilation and the libraries' set-up, except on paths only large problems take.
 ``--synthetic OUTxIN,...`` adds synthetic problems of those shapes (``problems.builders.synthetic_problem``,
 built on the device; LLaMA-3-8B: 4096x4096 attention, 14336x4096 gate/up, 4096x14336 down).
@@ -38,7 +39,8 @@ from layerprune.problems.patterns import parse_pattern
 from layerprune.solvers.polish import polish
 
 VARIANTS = ["alps", "alps-ls", "alps-ls-joint", "sparsegpt", "sparsegpt-polish"]
-KNOWN = VARIANTS + ["alps-polish", "alps-slow", "alps-slow-polish"]  # and METHOD-polish@N (alps, sparsegpt): the polish in rounds of N moves
+# and METHOD-polish@N (alps, sparsegpt): the polish in rounds of N moves
+KNOWN = VARIANTS + ["alps-polish", "alps-slow", "alps-slow-polish"]
 PLAIN = {"alps": {"local_search": False}, "sparsegpt": {}}  # the methods' answers the polish starts from
 
 

@@ -94,7 +94,6 @@ __global__ void rows_matvec(const T* K, const long long* rows, const T* h, T* ou
 """
 _KERNEL_TYPES = {np.dtype(np.float64): "double", np.dtype(np.float32): "float"}
 _THREADS = 256  # a multiple of 32: the matvec's warps must be whole
-assert _THREADS % 32 == 0
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,8 +110,11 @@ def _row_block_kernel(name: str, dtype: np.dtype):
 def _row_block_args(K, rows, *vectors):
     """(rows, vectors) ready for a kernel: rows int64 and every vector (t × m) C-ordered, or None when
     CuPy's kernels do not apply (K not C-ordered float32/float64, or a vector of another dtype: the
-    gathering path then keeps NumPy's type promotion). Shapes are checked: the kernels do not."""
+    gathering path then keeps NumPy's type promotion). Shapes are checked; the row indices are not
+    (that would read them back to the host each call): they must lie in [0, b), as the callers' do."""
     xp, m = array_module(K), int(K.shape[1])
+    if K.ndim != 3 or int(K.shape[2]) != m:
+        raise ValueError(f"row-block update: K must be (b × m × m), got {tuple(K.shape)}")
     rows = xp.ascontiguousarray(xp.asarray(rows), dtype=np.int64)
     t = int(rows.shape[0])
     for v in vectors:

@@ -312,8 +312,9 @@ def batched_move_search(Hn, G, mask, xp, *, moves_per_round: int, max_moves: int
     ``solvers.polish.MOVES_PER_ROUND``), while the best addition beats the cheapest removal by
     ``rel_tol`` × Σ g_Sᵀx; at most ``max_moves`` moves (default no cap); ``moves_per_round=1``
     makes the reference's ``move_search`` moves. The count stays the same. A round's rank-one updates
-    work on K's blocks in place (``rows_add_outer``, ``rows_matvec``), so its temporaries are a few
-    rows × (in + m) arrays whatever the round size.
+    work on K's blocks in place (``rows_add_outer``, ``rows_matvec``: NumPy, and CuPy in float32/float64),
+    so its temporaries are a few rows × (in + m) arrays whatever the round size (CuPy in other dtypes
+    gathers the rows' m × m blocks).
     """
     mask = xp.array(mask, dtype=bool, copy=True)
     out, n = mask.shape

@@ -1,6 +1,7 @@
 """benchmarks/levers.py's plan: which (lever, method, setting) rows run, and which are skipped as copies."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "levers.py"
 
 @pytest.fixture(scope="module")
 def levers():
+    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: its folder's modules (variants) import
     spec = importlib.util.spec_from_file_location("levers_benchmark", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -84,6 +86,6 @@ def test_an_alps_option_lever_runs_for_alps_only(levers):
                            ("groups+dense+owl", "sparsegpt", "0.7")]
     assert skipped == ["groups+dense+owl+slow sparsegpt 0.7 unstructured: alps only, skipped"]
     fields = plan[1][4]
-    assert fields["options"] == {"rho_factors": [1.1, 1.05, 1.02], "max_iter": 1000} and fields["sequential"] == "groups"
+    assert fields["options"] == {"rho_factors": (1.1, 1.05, 1.02), "max_iter": 1000} and fields["sequential"] == "groups"
     fields["options"]["max_iter"] = 5  # each row's options are its own
     assert levers.lever_fields("slow")["options"]["max_iter"] == 1000
