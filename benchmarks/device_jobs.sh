@@ -21,11 +21,7 @@ if [ ! -f $K/ready ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $K/site .carryB/whl/*.whl
   touch $K/ready
 fi
-# the checkout as the package layerprune (its top-level modules plus links to the subpackages)
-# (the subpackages as setup.cfg's package_dir maps them: layerprune.NAME = FOLDER)
-mkdir -p /tmp/lp/layerprune && cp layerprune/*.py /tmp/lp/layerprune/
-sed -n 's/^ *layerprune\.\([a-z_]*\) *= *\([^ ]*\) *$/\1 \2/p' setup.cfg | while read -r name folder; do
-  ln -sfn "$PWD/$folder" "/tmp/lp/layerprune/$name"; done
+. benchmarks/checkout_package.sh  # the checkout as the package layerprune under /tmp/lp
 export PYTHONPATH=/tmp/lp:$K/site PYTHONUNBUFFERED=1 LAYERPRUNE_CACHE=$K/cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 (while true; do echo "$(( $(date +%s) - T0 )) $(nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader)"; sleep 20; done) > "$OUT/smi.txt" &

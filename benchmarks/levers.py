@@ -51,7 +51,7 @@ LEVERS: dict[str, dict] = {
     "polish": {"local_search": True},
     "slow": {"options": VARIANTS["alps-slow"][1]},  # ALPS only (other methods' rows skip it): a slower ρ schedule
 }
-OPTION_METHODS = {"slow": "alps"}  # levers that set a method's options, and that method
+OPTION_METHODS = {"slow": VARIANTS["alps-slow"][0]}  # levers that set a method's options, and that method
 LEVERS["all"] = {**LEVERS["groups"], **LEVERS["dense"], **LEVERS["owl"], **LEVERS["polish"]}  # OWL: the cheaper profile
 
 

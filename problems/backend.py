@@ -107,6 +107,11 @@ def _row_block_kernel(name: str, dtype: np.dtype):
     return _row_block_module().get_function(f"{name}<{_KERNEL_TYPES[dtype]}>")
 
 
+def _launch(name: str, K, threads: int, *args) -> None:
+    """Kernel ``name`` for K's dtype over ``threads`` threads (whole blocks of ``_THREADS``), K first."""
+    _row_block_kernel(name, np.dtype(K.dtype))(((threads + _THREADS - 1) // _THREADS,), (_THREADS,), (K, *args))
+
+
 def _row_block_args(K, rows, *vectors):
     """(rows, vectors) ready for a kernel: rows int64 and every vector (t × m) C-ordered, or None when
     CuPy's kernels do not apply (K not C-ordered float32/float64, or a vector of another dtype: the
@@ -145,8 +150,7 @@ def rows_matvec(K, rows, h):
     t = int(rows.shape[0])
     out = xp.empty((t, m), dtype=K.dtype)
     if t and m:
-        _row_block_kernel("rows_matvec", np.dtype(K.dtype))(
-            ((t * m * 32 + _THREADS - 1) // _THREADS,), (_THREADS,), (K, rows, h, out, np.int64(t), np.int64(m)))
+        _launch("rows_matvec", K, t * m * 32, rows, h, out, np.int64(t), np.int64(m))  # a warp per output
     return out
 
 
@@ -169,10 +173,9 @@ def rows_add_outer(K, rows, a, b) -> None:
         K[rows] = block
         return
     (rows, (a, b)), m = ready, int(K.shape[1])
-    total = int(rows.shape[0]) * m * m
-    if total:
-        _row_block_kernel("rows_add_outer", np.dtype(K.dtype))(
-            ((total + _THREADS - 1) // _THREADS,), (_THREADS,), (K, rows, a, b, np.int64(rows.shape[0]), np.int64(m)))
+    t = int(rows.shape[0])
+    if t and m:
+        _launch("rows_add_outer", K, t * m * m, rows, a, b, np.int64(t), np.int64(m))  # a thread per entry
 
 
 def free_device_bytes(xp) -> float:

@@ -129,15 +129,18 @@ class SlotSupports:
         ok = ~kept & (s > 1e-12)
         return self.xp.where(ok, r * r / self.xp.where(ok, s, 1.0), -INF)
 
-    def removal_costs(self, rows=None):
-        """x_p²/K_pp per slot (+inf on empty slots), (rows × m)."""
+    def k_diagonals(self, rows=None):
+        """K_pp per slot, (rows × m): the rows' diagonals gathered alone, not their m × m blocks."""
         xp = self.xp
         if rows is None:
-            S, x, kdiag = self.S, self.x, xp.diagonal(self.K, axis1=1, axis2=2)
-        else:  # gather the rows' diagonals only, not their m × m blocks
-            rows, slot = xp.asarray(rows), xp.arange(self.slots)
-            S, x, kdiag = self.S[rows], self.x[rows], self.K[rows[:, None], slot, slot]
-        return xp.where(S < self.n, x * x / kdiag, INF)
+            return xp.diagonal(self.K, axis1=1, axis2=2)
+        slot = xp.arange(self.slots)
+        return self.K[xp.asarray(rows)[:, None], slot, slot]
+
+    def removal_costs(self, rows=None):
+        """x_p²/K_pp per slot (+inf on empty slots), (rows × m)."""
+        S, x = (self.S, self.x) if rows is None else (self.S[rows], self.x[rows])
+        return self.xp.where(S < self.n, x * x / self.k_diagonals(rows), INF)
 
     def _scatter(self, rows, V):
         """(rows × in) with V (rows × m) placed at the rows' slot columns (empty slots dropped)."""
@@ -289,8 +292,7 @@ def _swap_deltas(st: SlotSupports, rows, col_group, xp):
     With u = U[p, i]: −r_i²/s_i + (x_p − u r_i/s_i)² / (K_pp + u²/s_i) (the reference's formula).
     """
     U, r, s, x = st.U[rows], st.r[rows], st.s[rows], st.x[rows]
-    slot = xp.arange(st.slots)
-    kdiag = st.K[rows[:, None], slot, slot]  # the rows' diagonals, not their m × m blocks
+    kdiag = st.k_diagonals(rows)
     ok = ~st.kept[rows] & (s > 1e-12)
     s1 = xp.where(ok, s, 1.0)
     step = r / s1
