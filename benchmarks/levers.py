@@ -8,8 +8,10 @@ data and the dense perplexity are shared by the rows of one process.
         --levers base,groups,dense,owl,curve,polish,all --device cuda --output levers.json [--shard 0/4]
 
 A lever ``dense@0.25`` is the dense target blended: each layer fits 0.75·X_p Ŵᵀ + 0.25·X_d Ŵᵀ.
-``slow`` is an ALPS option, not a pipeline setting (ρ raised by 1.1 / 1.05 / 1.02 per check instead of the
-published 1.3 / 1.2 / 1.1, ``max_iter=1000``): other methods' rows skip a lever that names it.
+``polish`` runs the local search after every layer, ``auto`` where its cost model lets it
+(``solvers.polish.POLISH_BUDGET``). ``slow`` is an ALPS option, not a pipeline setting (ρ raised by
+1.1 / 1.05 / 1.02 per check instead of the published 1.3 / 1.2 / 1.1, ``max_iter=1000``): other
+methods' rows skip a lever that names it.
 
 ``--shard I/N`` runs rows I, I+N, I+2N, … (several processes can share one GPU: SmolLM2's layers are
 too small to fill it); ``--output`` is rewritten after every row and rows already in it are skipped, so a
@@ -49,6 +51,7 @@ LEVERS: dict[str, dict] = {
     "owl": {"sparsity_profile": "owl"},
     "curve": {"sparsity_profile": "curve"},
     "polish": {"local_search": True},
+    "auto": {"local_search": None},  # the polish where solvers.polish's cost model says it pays
     "slow": {"options": VARIANTS["alps-slow"][1]},  # ALPS only (other methods' rows skip it): a slower ρ schedule
 }
 OPTION_METHODS = {"slow": VARIANTS["alps-slow"][0]}  # levers that set a method's options, and that method

@@ -188,6 +188,12 @@ def free_device_bytes(xp) -> float:
     return float(free + pool.total_bytes() - pool.used_bytes())
 
 
+def release_pool(xp) -> None:
+    """Hand CuPy's unused pool blocks back to the driver (after a failed allocation); nothing on NumPy."""
+    if xp is not np:
+        xp.get_default_memory_pool().free_all_blocks()
+
+
 def gpu_available() -> bool:
     """True when CuPy is installed and sees at least one CUDA device."""
     return cupy_or_none() is not None

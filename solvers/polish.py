@@ -7,7 +7,9 @@ inside a row or group), then refit exactly on the new support by the batched PCG
 ``solvers.pcg`` (warm start: the method's weights), W = X D⁻¹. Every accepted move lowers the
 objective of the refit weights, so the result is never worse than the method's own weights
 refit on its support; should the refit not converge and end above the method's objective, the
-method's answer is kept.
+method's answer is kept. The polish is a step on top of an answer: when it runs out of memory (a
+GPU shared with other processes), the layer keeps its method's answer, with a warning, a note in
+the result's ``message`` and ``info["polish_out_of_memory"] = 1.0``, and the run goes on.
 
 ``solve(problem, method, polish=...)`` runs it for any method: False (default) never, True
 always, None where the cost model says it pays (``polish_pays``: out · k² · in, the cost of
@@ -19,10 +21,11 @@ on its ADMM support before its refit (the same code, one setup fewer).
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
-from layerprune.problems.backend import free_device_bytes, synchronize
+from layerprune.problems.backend import free_device_bytes, release_pool, synchronize
 from layerprune.problems.patterns import StackedPattern
 from layerprune.solvers.batched_search import SPARE_SLOTS, batched_move_search, batched_swap_search
 from layerprune.solvers.pcg import masked_pcg
@@ -184,5 +187,13 @@ def polish_answer(problem, out, xp, device: str, setting: bool | None) -> None:
     mask = problem.drop_dead(xp.asarray(out.mask, dtype=bool))
     if not polish_pays(setting, mask, problem.pattern, device):
         return
-    out.weight, out.mask, info = polish(problem, xp.asarray(out.weight), mask, xp)
+    try:
+        out.weight, out.mask, info = polish(problem, xp.asarray(out.weight), mask, xp)
+    except MemoryError as e:  # CuPy's OutOfMemoryError is one; the method's answer is untouched
+        release_pool(xp)
+        note = f"polish skipped: out of memory ({e})"
+        warnings.warn(f"{problem.name or 'layer'}: {note}; the method's answer is kept", RuntimeWarning, stacklevel=2)
+        out.message = f"{out.message}; {note}" if out.message else note
+        out.info["polish_out_of_memory"] = 1.0
+        return
     out.info.update(info)

@@ -89,3 +89,11 @@ def test_an_alps_option_lever_runs_for_alps_only(levers):
     assert fields["options"] == {"rho_factors": (1.1, 1.05, 1.02), "max_iter": 1000} and fields["sequential"] == "groups"
     fields["options"]["max_iter"] = 5  # each row's options are its own
     assert levers.lever_fields("slow")["options"]["max_iter"] == 1000
+
+
+def test_the_auto_polish_lever_is_its_own_row(levers):
+    plan, skipped = levers.plan_rows("sparsegpt", "0.7", "all,groups+dense+owl+auto")
+    assert names(plan) == [("all", "sparsegpt", "0.7"), ("groups+dense+owl+auto", "sparsegpt", "0.7")] and not skipped
+    assert plan[0][4]["local_search"] is True and plan[1][4]["local_search"] is None
+    assert {k: v for k, v in plan[1][4].items() if k != "local_search"} == {
+        k: v for k, v in plan[0][4].items() if k != "local_search"}

@@ -252,6 +252,32 @@ def test_polish_setting_and_its_cost_model(rng, monkeypatch):
         solve(p, "wanda", polish="yes")
 
 
+def test_a_polish_out_of_memory_keeps_the_methods_answer(rng, monkeypatch):
+    """An allocation failure inside the search (CuPy's OutOfMemoryError is a MemoryError) leaves the
+    method's answer as it was, says so, and the solve goes on; any other error still propagates."""
+    p = layer(rng, "unstructured", 0.7)
+    plain = solve(p, "sparsegpt", dtype="float64")
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Out of memory allocating 1,071,802,368 bytes")
+
+    monkeypatch.setattr(polish_module, "batched_move_search", out_of_memory)
+    with pytest.warns(RuntimeWarning, match="polish skipped: out of memory"):
+        r = solve(p, "sparsegpt", dtype="float64", polish=True)
+    np.testing.assert_array_equal(r.weight, plain.weight)
+    np.testing.assert_array_equal(r.mask, plain.mask)
+    assert r.objective == plain.objective and r.success
+    assert r.info["polish_out_of_memory"] == 1.0 and "seconds_polish" not in r.info
+    assert "polish skipped: out of memory" in r.message
+
+    def broken(*args, **kwargs):
+        raise ValueError("not a memory failure")
+
+    monkeypatch.setattr(polish_module, "batched_move_search", broken)
+    with pytest.raises(ValueError, match="not a memory failure"):
+        solve(p, "sparsegpt", dtype="float64", polish=True)
+
+
 def test_alps_local_search_and_the_polish_share_the_search(rng):
     """ALPS's own local_search=True ends at a local optimum the polish (the same search, on Hn formed
     directly rather than from ALPS's eigendecomposition) improves by at most a near-tie move."""
