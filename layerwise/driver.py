@@ -329,6 +329,7 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
                     "success": bool(r.success),
                     "status": int(r.status),
                     "message": r.message,
+                    "polish_seconds": float(r.info.get("seconds_polish", 0.0)),  # 0: not polished
                     "rank": world.rank,
                 }
             del problems, results
