@@ -236,6 +236,14 @@ class BlockClock:
 
 
 
+def polish_seconds(result) -> float:
+    """A layer's seconds in the polish (0: not polished); a stacked layer's share of the joint polish,
+    in proportion to rows as its ``seconds`` (``solve_many``)."""
+    joint = result.info.get("joint_seconds")
+    share = result.seconds / joint if joint else 1.0
+    return float(result.info.get("seconds_polish", 0.0)) * share
+
+
 def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: list[list[str]],
                  settings: PruneSettings, index: int, plans: dict[str, dict], on_layer=None,
                  world: World | None = None, measured: dict[str, float] | None = None,
@@ -329,7 +337,7 @@ def _solve_block(block: nn.Module, hessians: dict[str, torch.Tensor], groups: li
                     "success": bool(r.success),
                     "status": int(r.status),
                     "message": r.message,
-                    "polish_seconds": float(r.info.get("seconds_polish", 0.0)),  # 0: not polished
+                    "polish_seconds": polish_seconds(r),
                     "rank": world.rank,
                 }
             del problems, results

@@ -398,6 +398,11 @@ def test_the_run_setting_polishes_every_layer_of_a_tiny_model():
                             progress=False) for on in (False, True)}
     assert logs[True]["mean_relative_error"] < 0.8 * logs[False]["mean_relative_error"]
     assert abs(logs[True]["sparsity"] - 0.7) < 1e-3
+    assert all(e["polish_seconds"] == 0 for e in logs[False]["layers"])
+    # SparseGPT stacks q/k/v and gate/up: each layer's polish seconds are its share of the joint polish
+    stacked = prune_model(tiny_model("llama"), calib, PruneSettings(method="sparsegpt", sparsity=0.7, local_search=True),
+                          progress=False)
+    assert all(0 < e["polish_seconds"] <= e["seconds"] for e in stacked["layers"])
     with pytest.raises(LayerwiseError, match="local_search must be"):
         PruneSettings(method="magnitude", sparsity=0.7, local_search="yes").validate()
     args = build_parser().parse_args(["prune", "--model", "m", "--output", "o", "--local-search", "auto"])
