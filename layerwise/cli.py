@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(sparse-24-bitmask when all are 2:4; needs pip install 'layerprune[compressed]')")
     p.add_argument("--local-search", default=None, choices=("on", "off", "auto"),
                    help="after each layer's method: exact local search on its support and a refit "
-                        "(auto: where the cost model says it pays; default off)")
+                        "(auto, the default: where the cost model says it pays)")
     p.add_argument("--sequential", default=None, choices=SEQUENTIAL,
                    help=f"block: every Hessian of a block from its dense weights; groups: q/k/v, o, gate/up, down in "
                         f"turn, each with the earlier ones pruned (default {d.sequential})")

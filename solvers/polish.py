@@ -31,7 +31,9 @@ from layerprune.solvers.batched_search import SPARE_SLOTS, batched_move_search, 
 from layerprune.solvers.pcg import masked_pcg
 
 # out · k² · in up to which ``polish=None`` polishes, per device kind. CPU: ALPS's small-problem
-# budget (BENCHMARKS.md); cuda: not yet measured (set from the H200 run of benchmarks/local_search_gpu.py).
+# budget. cuda: on an H200 it polishes SmolLM2's layers but down_proj (2.1·10¹² · density²), which lowered
+# perplexity at 7 of 8 settings on the pipeline's defaults at 61–80 % of the pruning seconds; every layer
+# of a 7B+ model is over it (BENCHMARKS.md, "The polish where its cost model lets it").
 POLISH_BUDGET = {"cpu": 1e7, "cuda": 2e11}
 # Moves per batched round of the unstructured search (1: the host reference's order), per backend.
 # On the CPU a round's work grows with its size, so small rounds are fastest; on the GPU a round is

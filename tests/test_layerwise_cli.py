@@ -218,7 +218,7 @@ def test_demo_several_settings_in_one_run(files, tmp_path):
     alone = run_demo(str(files / "tiny"), ("sparsegpt",), settings=[0.8], echo=lambda *a: None, **_demo_kwargs(files))
     assert alone["dense_perplexity"] == result["dense_perplexity"]
     assert alone["rows"][0]["perplexity"] == rows[3]["perplexity"]
-    assert alone["rows"][0]["layers"] == [dict(e, seconds=a["seconds"]) for e, a in zip(rows[3]["layers"], alone["rows"][0]["layers"])]
+    assert alone["rows"][0]["layers"] == [dict(e, seconds=a["seconds"], polish_seconds=a["polish_seconds"]) for e, a in zip(rows[3]["layers"], alone["rows"][0]["layers"])]
 
 
 def test_demo_writes_each_row_as_it_finishes(files, tmp_path, monkeypatch):
