@@ -40,7 +40,7 @@ from layerprune.solvers.linalg import syevd_fits
 from layerprune.solvers.normalized import NormalizedProblem, ShiftedInverse
 from layerprune.solvers.options import MethodOptions, OptionError
 from layerprune.solvers.pcg import masked_pcg
-from layerprune.solvers.polish import search_cost, search_support, segments
+from layerprune.solvers.polish import search_cost, search_support, segments, skipped_out_of_memory
 from layerprune.solvers.registry import register
 from layerprune.solvers.result import CONVERGED, ITERATION_CAP, REFIT_NOT_CONVERGED, SUPPORT_FROZEN, MethodOutput
 
@@ -90,7 +90,8 @@ class ALPSOptions(MethodOptions):
         None (default): only when out · k² · in ≤ ``local_search_budget`` (k the largest count per
         row), i.e. on small problems, where it costs little; at most ``local_search_swaps`` swaps per
         row, or that many moves per row on average. True on SmolLM2's layers lowers the error by
-        1–9 % at seconds to minutes per layer on a CPU (BENCHMARKS.md).
+        1–9 % at seconds to minutes per layer on a CPU (BENCHMARKS.md). A search that runs out of
+        memory leaves ADMM's support to the refit, with a warning and ``info["local_search_out_of_memory"]``.
     local_search_budget : the out · k² · in below which ``local_search=None`` searches (1e7).
     local_search_swaps : the most swaps per row (or moves per row on average) of the local search (50).
     explicit_inverse : form (Hn + ρI)⁻¹ (in × in) at each ρ, or apply it through Q twice
@@ -281,7 +282,11 @@ def _alps(problem, xp, dtype, cache, precision, use_tf32: bool, o: ALPSOptions) 
         buffer = inverse.release()  # (Hn + ρI)⁻¹ is done with: its buffer (if any) takes Hn
         if _wants_local_search(o.local_search, o.local_search_budget, mask, _layers(norm.pattern)):  # swaps assume the refit
             Hn = norm.hn(out=buffer)  # formed once for the search and the refit
-            mask, key, info[key] = _local_search(norm, mask, Hn, o.local_search_swaps)
+            try:
+                mask, key, info[key] = _local_search(norm, mask, Hn, o.local_search_swaps)
+            except MemoryError as e:  # CuPy's OutOfMemoryError is one: the refit runs on ADMM's support
+                message += "; " + skipped_out_of_memory("local search", problem.name, e, xp, "ADMM's support is kept")
+                info["local_search_out_of_memory"] = 1.0
             X *= mask
             clock.lap("seconds_local_search")
         else:

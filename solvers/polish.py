@@ -184,6 +184,15 @@ def polish(problem, weight, mask, xp, max_swaps: int = 50, moves_per_round: int 
     return W.astype(weight.dtype, copy=False), new, info
 
 
+def skipped_out_of_memory(step: str, name: str | None, error: MemoryError, xp, kept: str) -> str:
+    """After ``step`` ran out of memory: CuPy's unused pool released, a RuntimeWarning naming the layer
+    and what is ``kept``; returns the note for the result's message."""
+    release_pool(xp)
+    note = f"{step} skipped: out of memory ({error})"
+    warnings.warn(f"{name or 'layer'}: {note}; {kept}", RuntimeWarning, stacklevel=3)
+    return note
+
+
 def polish_answer(problem, out, xp, device: str, setting: bool | None) -> None:
     """Polish a method's ``MethodOutput`` in place when ``polish_pays(setting, …)`` (the harness step)."""
     mask = problem.drop_dead(xp.asarray(out.mask, dtype=bool))
@@ -192,9 +201,7 @@ def polish_answer(problem, out, xp, device: str, setting: bool | None) -> None:
     try:
         out.weight, out.mask, info = polish(problem, xp.asarray(out.weight), mask, xp)
     except MemoryError as e:  # CuPy's OutOfMemoryError is one; the method's answer is untouched
-        release_pool(xp)
-        note = f"polish skipped: out of memory ({e})"
-        warnings.warn(f"{problem.name or 'layer'}: {note}; the method's answer is kept", RuntimeWarning, stacklevel=2)
+        note = skipped_out_of_memory("polish", problem.name, e, xp, "the method's answer is kept")
         out.message = f"{out.message}; {note}" if out.message else note
         out.info["polish_out_of_memory"] = 1.0
         return

@@ -278,6 +278,26 @@ def test_a_polish_out_of_memory_keeps_the_methods_answer(rng, monkeypatch):
         solve(p, "sparsegpt", dtype="float64", polish=True)
 
 
+def test_an_alps_local_search_out_of_memory_refits_admms_support(rng, monkeypatch):
+    """ALPS's own local search running out of memory leaves ADMM's support for the refit (the answer
+    of local_search=False), says so, and the solve goes on."""
+    import layerprune.solvers.alps as alps_module
+
+    p = layer(rng, "unstructured", 0.7)
+    plain = solve(p, "alps", dtype="float64", local_search=False)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Out of memory allocating 1,071,802,368 bytes")
+
+    monkeypatch.setattr(alps_module, "search_support", out_of_memory)
+    with pytest.warns(RuntimeWarning, match="local search skipped: out of memory"):
+        r = solve(p, "alps", dtype="float64", local_search=True)
+    np.testing.assert_array_equal(r.mask, plain.mask)
+    np.testing.assert_allclose(r.weight, plain.weight, rtol=1e-10, atol=1e-12)
+    assert r.info["local_search_out_of_memory"] == 1.0 and "local_search_moves" not in r.info
+    assert "local search skipped: out of memory" in r.message and r.success
+
+
 def test_alps_local_search_and_the_polish_share_the_search(rng):
     """ALPS's own local_search=True ends at a local optimum the polish (the same search, on Hn formed
     directly rather than from ALPS's eigendecomposition) improves by at most a near-tie move."""
