@@ -12,6 +12,8 @@
 #   TESTS_S=300 bash .carryB/jobs.sh 540   (the GPU tests took 229 s on an H200 shared with three rows)
 set -u
 L=${1:-540}
+MAXJOBS=${MAXJOBS:-4}
+[[ "$MAXJOBS" =~ ^[1-9][0-9]*$ ]] || { echo "MAXJOBS must be a positive whole number, got '$MAXJOBS'" >&2; exit 2; }
 K=/root/keep
 T0=$(date +%s)
 if [ ! -f $K/ready ]; then
@@ -30,7 +32,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 SMI=$!
 PIDS=()
 if [ "${TESTS_S:-0}" -gt 0 ]; then
-  timeout -s INT "$TESTS_S" python3 -P -m pytest -v -m gpu -p no:cacheprovider -o faulthandler_timeout=90 \
+  timeout -k 20 -s INT "$TESTS_S" python3 -P -m pytest -v -m gpu -p no:cacheprovider -o faulthandler_timeout=90 \
       --durations=15 tests > "$OUT/gpu_tests.txt" 2>&1 &
   PIDS+=($!)
 fi
@@ -42,11 +44,11 @@ while IFS=$'\t' read -r name cmd; do
 done < .carryB/jobs.txt
 RUNNING=()
 for job in "${JOBS[@]}"; do  # MAXJOBS slots (the GPU tests hold one, the nvidia-smi loop is the +1)
-  while [ "$(jobs -rp | wc -l)" -ge "$(( ${MAXJOBS:-4} + 1 ))" ]; do wait -n; done
+  while [ "$(jobs -rp | wc -l)" -ge "$(( MAXJOBS + 1 ))" ]; do wait -n; done
   left=$(( L - $(date +%s) + T0 ))
   [ "$left" -lt 90 ] && { echo "${job%%$'\t'*}: not started, ${left} s left"; continue; }
   name=${job%%$'\t'*}; cmd=${job#*$'\t'}
-  ( timeout -s INT "$left" bash -c "$cmd" >> "$K/logs/$name.log" 2>&1 && touch "$K/done/$name"; echo "$name rc=$?" >> "$K/logs/$name.log" ) &
+  ( timeout -k 20 -s INT "$left" bash -c "$cmd" >> "$K/logs/$name.log" 2>&1 && touch "$K/done/$name"; echo "$name rc=$?" >> "$K/logs/$name.log" ) &
   RUNNING+=($!)
   echo "started $name at $(( $(date +%s) - T0 )) s, limit ${left} s"
 done

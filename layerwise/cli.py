@@ -26,6 +26,7 @@ from layerprune.layerwise.levers import SEQUENTIAL, TARGETS, parse_levers
 from layerprune.layerwise.settings import PruneSettings
 
 PRUNE_DEFAULTS = PruneSettings()
+LOCAL_SEARCH = {"on": True, "off": False, "auto": None}  # --local-search → PruneSettings.local_search
 
 
 def _parse_value(text: str) -> Any:
@@ -103,6 +104,13 @@ TEXT_HELP = ("evaluation text: 'wiki-test', a text file/folder, a .jsonl/.json/.
              "hf:NAME[:CONFIG[:SPLIT]] from the datasets cache (default wiki-test)")
 
 
+def _add_local_search(p: argparse.ArgumentParser) -> None:
+    default = {v: k for k, v in LOCAL_SEARCH.items()}[PRUNE_DEFAULTS.local_search]
+    p.add_argument("--local-search", default=None, choices=tuple(LOCAL_SEARCH),
+                   help="after each layer's method: exact local search on its support and a refit (the polish; "
+                        f"auto: where the cost model says it pays; default {default})")
+
+
 def _add_text_field(p: argparse.ArgumentParser, default: str | None = PRUNE_DEFAULTS.text_field) -> None:
     p.add_argument("--text-field", default=default, help="the text field/column of .jsonl/.json/.parquet and hf: "
                                                          f"sources (default {PRUNE_DEFAULTS.text_field})")
@@ -169,9 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-format", default=None, choices=("dense", "compressed"),
                    help="dense safetensors, or the pruned layers as compressed-tensors bitmasks "
                         "(sparse-24-bitmask when all are 2:4; needs pip install 'layerprune[compressed]')")
-    p.add_argument("--local-search", default=None, choices=("on", "off", "auto"),
-                   help="after each layer's method: exact local search on its support and a refit "
-                        "(auto, the default: where the cost model says it pays)")
+    _add_local_search(p)
     p.add_argument("--sequential", default=None, choices=SEQUENTIAL,
                    help=f"block: every Hessian of a block from its dense weights; groups: q/k/v, o, gate/up, down in "
                         f"turn, each with the earlier ones pruned (default {d.sequential})")
@@ -269,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows for several levers SEQUENTIAL:TARGET[:PROFILE], e.g. block:pruned:uniform,groups:dense "
                         f"(default {PRUNE_DEFAULTS.sequential}:{PRUNE_DEFAULTS.target}; no PROFILE: the default one, owl "
                         "with unstructured and the dense target, uniform otherwise)")
+    _add_local_search(p)
     p.add_argument("--quiet", action="store_true")
     _add_device(p, threads=1)  # one thread is 2-3x faster on a shared 2-core machine (layerwise/threads.py)
     return parser
@@ -290,7 +297,7 @@ def prune_settings_given(a: argparse.Namespace) -> dict:
     if a.option:
         given["options"] = parse_options(a.option)
     if getattr(a, "local_search", None) is not None:
-        given["local_search"] = {"on": True, "off": False, "auto": None}[a.local_search]
+        given["local_search"] = LOCAL_SEARCH[a.local_search]
     if a.no_stream:
         given["stream"] = False
     if a.no_eval:
@@ -472,6 +479,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         eval_tokens=eval_tokens, device=a.device, batch_size=a.batch_size, eval_batch_size=a.eval_batch_size,
         text_field=a.text_field, output=a.output, progress=not a.quiet,
         levers=None if a.levers is None else parse_levers(a.levers),
+        **({} if a.local_search is None else {"local_search": LOCAL_SEARCH[a.local_search]}),
     )
     return 0
 

@@ -272,6 +272,7 @@ def run_demo(
     progress: bool = True,
     echo=None,
     levers: Sequence[tuple[str, str] | tuple[str, str, str | None]] | None = None,
+    local_search: bool | None = PruneSettings.local_search,
 ) -> dict:
     """Prune ``model`` with each method at each setting and tabulate perplexity, error and seconds.
 
@@ -286,6 +287,7 @@ def run_demo(
     device : where blocks, the solver (a GPU device: CuPy) and perplexity run; on a GPU the
         model stays there for the whole comparison.
     output : a JSON file rewritten (atomically) after the dense perplexity and after every row.
+    local_search : every row's polish (``PruneSettings.local_search``: None where it pays, True, False).
     """
     echo = echo or (lambda *a: print(*a, flush=True))
     pairs = parse_settings(settings) if settings is not None else [(sparsity, pattern)]
@@ -298,7 +300,7 @@ def run_demo(
             for m in methods:
                 s = PruneSettings(method=m, sparsity=sp, pattern=pat, device=device, batch_size=batch_size, calib=calib,
                                   text_field=text_field, nsamples=nsamples, seqlen=seqlen, seed=seed, eval_text=None,
-                                  sequential=seq, target=tgt, sparsity_profile=profile)
+                                  sequential=seq, target=tgt, sparsity_profile=profile, local_search=local_search)
                 s.validate()
                 plain = (seq, tgt, profile) == default_levers
                 tag = "" if plain else f" {seq}/{tgt}/{s.sparsity_profile}"
@@ -349,7 +351,9 @@ def run_demo(
                    "unconverged_layers": run["unconverged_layers"], "minutes": minutes, "layers": run["layers"],
                    "default_levers": plain, "sequential": s.sequential, "target": s.target,
                    "sparsity_profile": s.sparsity_profile,
-                   "target_blend": s.target_blend if s.target == "dense" else None}
+                   "target_blend": s.target_blend if s.target == "dense" else None,
+                   "local_search": s.local_search,
+                   "polished_layers": sum(e.get("polish_seconds", 0.0) > 0 for e in run["layers"])}
             result["rows"].append(row)
             result["minutes_total"] = (time.perf_counter() - t0) / 60
             if output is not None:
@@ -391,8 +395,13 @@ def format_table(result: dict) -> str:
         r = plain[0]
         blend = f" blended at {r['target_blend']:g}" if r.get("target_blend") is not None else ""
         profiles = "/".join(dict.fromkeys(str(p.get("sparsity_profile")) for p in plain))
+        polish = ""
+        if "local_search" in r:  # results written before the polish was a default do not say
+            mode = {None: "where it pays", True: "on", False: "off"}[r["local_search"]]
+            polished = "/".join(dict.fromkeys(str(p["polished_layers"]) for p in plain))
+            polish = f", polish {mode} ({polished} of {len(r['layers'])} layers polished)"
         lines.insert(1, f"rows without a lever label: sequential {r['sequential']}, target {r['target']}{blend}, "
-                        f"sparsity profile {profiles}")
+                        f"sparsity profile {profiles}{polish}")
     for r in result["rows"]:
         lines.append(
             f"| {r['setting']} | {r['method']} | {r['sparsity']:.2f} | {r['perplexity']:.2f} | "

@@ -56,7 +56,7 @@ class PruneSettings:
     local_search : after each layer's method, exact local search on its support and a refit
         (``solve(..., polish=...)``, ``solvers.polish``): False never, True always, None where the
         cost model says it pays (``solvers.polish.POLISH_BUDGET``; the default: on an H200 it polished
-        SmolLM2's layers but down_proj and lowered perplexity at 7 of 8 settings, BENCHMARKS.md).
+        SmolLM2's layers but down_proj (and a few gate/up) and lowered perplexity at 7 of 8 settings, BENCHMARKS.md).
     sequential : "block" (every H of a block from one pass with its dense weights) or "groups"
         (q/k/v, o, gate/up, down in forward order, each H with the earlier groups pruned; ``layerwise.levers``).
     target : "pruned" (fit Ŵ on the pruned model's inputs) or "dense" (fit the dense model's outputs

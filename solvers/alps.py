@@ -40,7 +40,7 @@ from layerprune.solvers.linalg import syevd_fits
 from layerprune.solvers.normalized import NormalizedProblem, ShiftedInverse
 from layerprune.solvers.options import MethodOptions, OptionError
 from layerprune.solvers.pcg import masked_pcg
-from layerprune.solvers.polish import search_cost, search_support, segments, skipped_out_of_memory
+from layerprune.solvers.polish import POLISH_BUDGET, search_cost, search_support, segments, skipped_out_of_memory
 from layerprune.solvers.registry import register
 from layerprune.solvers.result import CONVERGED, ITERATION_CAP, REFIT_NOT_CONVERGED, SUPPORT_FROZEN, MethodOutput
 
@@ -118,7 +118,7 @@ class ALPSOptions(MethodOptions):
     eig_dtype: Any = None
     tf32: bool = False
     local_search: bool | None = None
-    local_search_budget: float = 1e7
+    local_search_budget: float = POLISH_BUDGET["cpu"]
     local_search_swaps: int = 50
     explicit_inverse: bool | None = None
     staged_eigh: bool | None = None

@@ -14,8 +14,9 @@ the result's ``message`` and ``info["polish_out_of_memory"] = 1.0``, and the run
 ``solve(problem, method, polish=...)`` runs it for any method: False (default) never, True
 always, None where the cost model says it pays (``polish_pays``: out · k² · in, the cost of
 the per-row k × k inverses and the k × in products of the setup, at most
-``POLISH_BUDGET[device]``). ALPS's own ``local_search`` option calls :func:`search_support`
-on its ADMM support before its refit (the same code, one setup fewer).
+``POLISH_BUDGET[device]``, and not after a method that ran the search itself). ALPS's own
+``local_search`` option calls :func:`search_support` on its ADMM support before its refit (the
+same code, one setup fewer).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from layerprune.problems.patterns import StackedPattern
 from layerprune.solvers.batched_search import SPARE_SLOTS, batched_move_search, batched_swap_search
 from layerprune.solvers.pcg import masked_pcg
 
-# out · k² · in up to which ``polish=None`` polishes, per device kind. CPU: ALPS's small-problem
-# budget. cuda: on an H200 it polishes SmolLM2's layers but down_proj (2.1·10¹² · density²), which lowered
+# out · k² · in up to which ``polish=None`` polishes, per device kind. CPU: also ALPS's own small-problem
+# budget (``ALPSOptions.local_search_budget``). cuda: on an H200 it polishes SmolLM2's layers but down_proj
+# (2.1·10¹² · density²) and a few gate/up projections OWL keeps densest, which lowered
 # perplexity at 7 of 8 settings on the pipeline's defaults at 61–80 % of the pruning seconds; every layer
 # of a 7B+ model is over it (BENCHMARKS.md, "The polish where its cost model lets it").
 POLISH_BUDGET = {"cpu": 1e7, "cuda": 2e11}
@@ -50,6 +52,7 @@ MOVES_PER_ROUND = {"cpu": 64, "cuda": 1024}
 # (BENCHMARKS.md, "Batched local search", eighth session).
 STATE_ENTRIES = {"cpu": 1 << 28, "cuda": 1 << 32}
 STATE_SHARE = 1 / 3
+SEARCH_KEYS = {"local_search_moves", "local_search_swaps"}  # the info a search leaves (``search_support``)
 
 
 def segments(pattern) -> list[slice]:
@@ -195,6 +198,8 @@ def skipped_out_of_memory(step: str, name: str | None, error: MemoryError, xp, k
 
 def polish_answer(problem, out, xp, device: str, setting: bool | None) -> None:
     """Polish a method's ``MethodOutput`` in place when ``polish_pays(setting, …)`` (the harness step)."""
+    if setting is None and SEARCH_KEYS & out.info.keys():
+        return  # the method ran this search itself (ALPS's local_search): its support is a local optimum
     mask = problem.drop_dead(xp.asarray(out.mask, dtype=bool))
     if not polish_pays(setting, mask, problem.pattern, device):
         return

@@ -56,7 +56,7 @@ def test_prune_takes_a_recipe_dict_and_refuses_contradictions(files):
         layerprune.prune("not a model", byte_tokenizer())
 
 
-def test_settings_defaults_are_defined_once():
+def test_settings_defaults_are_defined_once(capsys):
     from layerprune.layerwise.cli import build_parser
 
     d = PruneSettings()
@@ -66,6 +66,11 @@ def test_settings_defaults_are_defined_once():
     assert prune_settings_given(args) == {}  # nothing given: every value comes from PruneSettings
     assert (d.method, d.nsamples, d.seqlen, d.calib, d.eval_text, d.device) == ("alps", 128, 2048, "wiki", "wiki-test",
                                                                                  "cpu")
+    assert d.local_search is None  # the polish where its cost model says it pays (BENCHMARKS.md)
+    for command in ("prune", "demo"):  # both commands' help names the default from PruneSettings
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        assert "default auto)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_cli_recipe_file_with_targets_and_overrides(files, tmp_path, capsys):

@@ -207,7 +207,8 @@ def test_demo_several_settings_in_one_run(files, tmp_path):
             assert all(e["target_sparsity"] == r["target_sparsity"] for e in r["layers"])
         assert r["ratio"] == pytest.approx(r["perplexity"] / result["dense_perplexity"])
     assert any("rows without a lever label: sequential groups, target dense blended at 0.25, sparsity profile "
-               "owl/uniform" in line for line in lines)  # the defaults, named above the table
+               "owl/uniform, polish where it pays (" in line for line in lines)  # the defaults, named above the table
+    assert all(r["local_search"] is None and 0 <= r["polished_layers"] <= len(r["layers"]) for r in rows)
     assert result["complete"] and json.loads(out.read_text()) == json.loads(json.dumps(result))
     table = lines[-1]
     assert "| setting | method | sparsity | perplexity | × dense | mean rel. error | pruning s |" in table

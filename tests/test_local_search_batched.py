@@ -304,6 +304,7 @@ def test_alps_local_search_and_the_polish_share_the_search(rng):
     p = layer(rng, "unstructured", 0.7)
     plain = solve(p, "alps", dtype="float64", local_search=False)
     r = solve(p, "alps", dtype="float64", local_search=True)
+    assert "seconds_polish" not in solve(p, "alps", dtype="float64", local_search=True, polish=None).info  # not twice
     again = solve(p, "alps", dtype="float64", local_search=True, polish=True)
     assert r.info["local_search_moves"] > 0 and r.objective < plain.objective
     assert again.info["local_search_moves"] <= 2
