@@ -252,14 +252,16 @@ def test_polish_setting_and_its_cost_model(rng, monkeypatch):
         solve(p, "wanda", polish="yes")
 
 
+def out_of_memory(*args, **kwargs):
+    """Stands in for a search whose allocation fails (CuPy's OutOfMemoryError is a MemoryError)."""
+    raise MemoryError("Out of memory allocating 1,071,802,368 bytes")
+
+
 def test_a_polish_out_of_memory_keeps_the_methods_answer(rng, monkeypatch):
     """An allocation failure inside the search (CuPy's OutOfMemoryError is a MemoryError) leaves the
     method's answer as it was, says so, and the solve goes on; any other error still propagates."""
     p = layer(rng, "unstructured", 0.7)
     plain = solve(p, "sparsegpt", dtype="float64")
-
-    def out_of_memory(*args, **kwargs):
-        raise MemoryError("Out of memory allocating 1,071,802,368 bytes")
 
     monkeypatch.setattr(polish_module, "batched_move_search", out_of_memory)
     with pytest.warns(RuntimeWarning, match="polish skipped: out of memory"):
@@ -285,9 +287,6 @@ def test_an_alps_local_search_out_of_memory_refits_admms_support(rng, monkeypatc
 
     p = layer(rng, "unstructured", 0.7)
     plain = solve(p, "alps", dtype="float64", local_search=False)
-
-    def out_of_memory(*args, **kwargs):
-        raise MemoryError("Out of memory allocating 1,071,802,368 bytes")
 
     monkeypatch.setattr(alps_module, "search_support", out_of_memory)
     with pytest.warns(RuntimeWarning, match="local search skipped: out of memory"):
