@@ -92,7 +92,8 @@ class ALPSOptions(MethodOptions):
         row, or that many moves per row on average. True on SmolLM2's layers lowers the error by
         1–9 % at seconds to minutes per layer on a CPU (BENCHMARKS.md). A search that runs out of
         memory leaves ADMM's support to the refit, with a warning and ``info["local_search_out_of_memory"]``.
-    local_search_budget : the out · k² · in below which ``local_search=None`` searches (1e7).
+    local_search_budget : the out · k² · in below which ``local_search=None`` searches
+        (``solvers.polish.POLISH_BUDGET["cpu"]``, 1e7).
     local_search_swaps : the most swaps per row (or moves per row on average) of the local search (50).
     explicit_inverse : form (Hn + ρI)⁻¹ (in × in) at each ρ, or apply it through Q twice
         (``solvers.normalized.ShiftedInverse``); None (default): explicit when in ≤ out. Without
