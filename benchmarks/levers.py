@@ -233,8 +233,7 @@ def main() -> None:
                "sparsity": log["sparsity"], "mean_relative_error": log["mean_relative_error"],
                "prune_seconds": log["seconds"], "unconverged_layers": log["unconverged_layers"],
                "layer_sparsity": [e["sparsity"] for e in log["layers"]],
-               "polished_layers": sum(e.get("polish_seconds", 0.0) > 0 for e in log["layers"]),
-               "polish_seconds": sum(e.get("polish_seconds", 0.0) for e in log["layers"]),
+               "polished_layers": log["polished_layers"], "polish_seconds": log["polish_seconds"],
                "layer_polish_seconds": [e.get("polish_seconds", 0.0) for e in log["layers"]]}
         result["rows"].append(row)
         if a.output:

@@ -522,6 +522,8 @@ def prune_model(
         "block_seconds": block_log,
         "mean_relative_error": sum(e["relative_error"] for e in layers) / max(len(layers), 1),
         "unconverged_layers": unconverged(layers),
+        "polished_layers": sum(1 for e in layers if e.get("polish_seconds", 0.0) > 0),  # older logs lack the field
+        "polish_seconds": sum(e.get("polish_seconds", 0.0) for e in layers),
         "sparsity": 1.0 - sum(e["kept"] for e in layers) / max(sum(e["shape"][0] * e["shape"][1] for e in layers), 1),
         "seconds": seconds_before + time.perf_counter() - t0,
         "world_size": world.size,

@@ -423,6 +423,8 @@ def test_the_run_setting_polishes_every_layer_of_a_tiny_model():
     stacked = prune_model(tiny_model("llama"), calib, PruneSettings(method="sparsegpt", sparsity=0.7, local_search=True),
                           progress=False)
     assert all(0 < e["polish_seconds"] <= e["seconds"] for e in stacked["layers"])
+    assert stacked["polished_layers"] == len(stacked["layers"]) and logs[False]["polished_layers"] == 0
+    assert stacked["polish_seconds"] == pytest.approx(sum(e["polish_seconds"] for e in stacked["layers"]))
     with pytest.raises(LayerwiseError, match="local_search must be"):
         PruneSettings(method="magnitude", sparsity=0.7, local_search="yes").validate()
     args = build_parser().parse_args(["prune", "--model", "m", "--output", "o", "--local-search", "auto"])
