@@ -17,6 +17,14 @@ WORDS = (
 ).split()
 
 
+TIMING_KEYS = ("seconds", "polish_seconds")  # a run log's layer entries that differ from run to run
+
+
+def untimed(layers: list[dict]) -> list[dict]:
+    """A run log's layer entries without their timing keys, for comparing two runs of the same pruning."""
+    return [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in layers]
+
+
 @functools.lru_cache(maxsize=1)
 def byte_tokenizer():
     """A byte-level BPE tokenizer without merges: 256 byte tokens + an end-of-text token (257 ids)."""
